@@ -1,0 +1,19 @@
+"""zoo: one registry and one API over generative and vision model families, with real Hub weights.
+
+    >>> import zoo
+    >>> zoo.list_models("ddim-*")
+    >>> pipe = zoo.create("ddpm-digits")
+    >>> images = pipe.sample(16, steps=50)      # (16, 1, 16, 16) float in [0, 1]
+"""
+from zoo.registry import hookimpl
+
+from .api import create, get_entry, get_sampler, info, list_models, list_samplers, registry, reload
+from .errors import (CorruptWeightsError, MissingFileError, OfflineError, UnknownModelError, WeightsMismatchError,
+                     ZooError)
+
+__version__ = "0.1.0"
+__all__ = [
+    "CorruptWeightsError", "MissingFileError", "OfflineError", "UnknownModelError", "WeightsMismatchError",
+    "ZooError", "create", "get_entry", "get_sampler", "hookimpl", "info", "list_models", "list_samplers",
+    "registry", "reload",
+]

@@ -1,0 +1,95 @@
+"""The public API: create, list_models, info, list_samplers."""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import os
+from functools import lru_cache
+from typing import Any
+
+import torch
+
+from zoo.registry import ModelEntry, Registry, Sampler, build_registry
+
+from .errors import UnknownModelError
+
+
+@lru_cache(maxsize=1)
+def registry() -> Registry:
+    """The registry built from every installed plugin (cached; ``reload()`` rebuilds it)."""
+    return build_registry()
+
+
+def reload() -> Registry:
+    """Forget the cached registry, e.g. after installing a plugin in the running interpreter."""
+    registry.cache_clear()
+    return registry()
+
+
+def _suggest(name: str, names: list[str]) -> list[str]:
+    close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
+    prefix = [n for n in names if n.startswith(name.split("-")[0]) and n not in close]
+    return (close + prefix)[:5]
+
+
+def list_models(pattern: str = "*", *, family: str | None = None, interface: str | None = None) -> list[str]:
+    """Sorted model names matching a shell-style wildcard (``"ddim-*"``, ``"clip*"``), optionally filtered."""
+    return sorted(n for n, e in registry().models.items()
+                  if fnmatch.fnmatchcase(n, pattern.lower())
+                  and (family is None or e.family == family) and (interface is None or e.interface == interface))
+
+
+def get_entry(name: str) -> ModelEntry:
+    models = registry().models
+    if name not in models:
+        raise UnknownModelError(name, _suggest(name, list(models)))
+    return models[name]
+
+
+def info(name: str) -> dict[str, Any]:
+    """Everything the registry knows about a model: repo, pinned revision, files, license, paper, result, ..."""
+    return get_entry(name).as_dict()
+
+
+def list_samplers(pattern: str = "*") -> list[str]:
+    return sorted(n for n in registry().samplers if fnmatch.fnmatchcase(n, pattern))
+
+
+def get_sampler(name: str) -> Sampler:
+    samplers = registry().samplers
+    if name not in samplers:
+        raise UnknownModelError(name, _suggest(name, list(samplers)), kind="sampler")
+    return samplers[name]
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def create(name: str, *, weights: str | os.PathLike | None = None, pretrained: bool = True,
+           device: str | torch.device | None = None, dtype: torch.dtype | str | None = None, **kwargs: Any) -> Any:
+    """Build a registered model with its weights.
+
+    Args:
+        name: a registry name (``zoo.list_models()``).
+        weights: where the weights come from instead of the entry's pinned Hub repo: a local directory in the
+            same Hub layout, or another Hub repo id of the same format.
+        pretrained: False builds the architecture with random weights (no download).
+        device: defaults to CUDA when available, else CPU.
+        dtype: ``torch.float32`` (default), ``torch.float16``, ``torch.bfloat16``, or their names.
+        **kwargs: passed to the family's builder (see ``zoo info NAME``).
+    """
+    from . import hub
+
+    entry = get_entry(name)
+    device = torch.device(device) if device is not None else default_device()
+    if isinstance(dtype, str):
+        dtype = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
+                 "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp64": torch.float64,
+                 "float64": torch.float64}.get(dtype.lower()) or _bad_dtype(dtype)
+    files = hub.fetch(entry, weights) if pretrained else None
+    return entry.build(entry, files, device=device, dtype=dtype or torch.float32, **kwargs)
+
+
+def _bad_dtype(dtype: str):
+    raise ValueError(f"unknown dtype {dtype!r}: use 'float32', 'float16', 'bfloat16' or 'float64'")

@@ -1,0 +1,33 @@
+"""The errors zoo raises. Each message names the problem and how to fix it."""
+from __future__ import annotations
+
+
+class ZooError(Exception):
+    """Base class of every error zoo raises on purpose."""
+
+
+class UnknownModelError(ZooError, KeyError):
+    def __init__(self, name: str, suggestions: list[str], kind: str = "model"):
+        self.name, self.suggestions = name, suggestions
+        hint = f" Did you mean {', '.join(repr(s) for s in suggestions)}?" if suggestions else ""
+        listing = "zoo.list_models()" if kind == "model" else "zoo.list_samplers()"
+        super().__init__(f"unknown {kind} {name!r}.{hint} See {listing} for every name.")
+
+    def __str__(self) -> str:  # KeyError would print the repr of the message
+        return self.args[0]
+
+
+class OfflineError(ZooError):
+    """Hub files are needed but cannot be fetched (offline mode or no network) and are not in the cache."""
+
+
+class MissingFileError(ZooError):
+    """The repo or directory does not hold a file the model needs."""
+
+
+class CorruptWeightsError(ZooError):
+    """A weight file is truncated or damaged."""
+
+
+class WeightsMismatchError(ZooError):
+    """The state dict does not fit the model: missing, unexpected or mis-shaped keys."""
