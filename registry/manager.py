@@ -1,16 +1,20 @@
 """Finding plugins through entry points and merging what they register into one registry.
 
-Failure is local: a plugin that cannot be imported, or whose hook raises, is recorded in ``failures`` and
-reported by name; every other plugin keeps working. Two plugins that claim the same model or sampler name is
-an error, raised when the registry is built, naming both.
+Failure is local: a plugin that cannot be imported, whose hook raises, or whose hook returns something that is
+not a ModelEntry / Sampler, is recorded in ``failures`` under its name and skipped; every other plugin keeps
+working. Two plugins that claim the same model or sampler name is an error, raised when the registry is built,
+naming both: silently letting one win would make ``zoo.create(name)`` depend on install order.
 """
 from __future__ import annotations
 
 import importlib.metadata
 import logging
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import pluggy
+
+from zoo.errors import ZooError
 
 from . import hookspecs
 from .contracts import Sampler
@@ -18,8 +22,11 @@ from .entry import ModelEntry
 
 log = logging.getLogger("zoo")
 
+#: hook name -> (what it returns, the word for it in messages)
+HOOKS: dict[str, tuple[type, str]] = {"zoo_models": (ModelEntry, "model"), "zoo_samplers": (Sampler, "sampler")}
 
-class DuplicateNameError(RuntimeError):
+
+class DuplicateNameError(ZooError, RuntimeError):
     """Two plugins register the same model or sampler name."""
 
 
@@ -27,53 +34,107 @@ class DuplicateNameError(RuntimeError):
 class Registry:
     models: dict[str, ModelEntry] = field(default_factory=dict)
     samplers: dict[str, Sampler] = field(default_factory=dict)
-    #: plugin name -> the error that kept it out.
+    #: plugin name -> the error that kept it (or one of its hooks) out.
     failures: dict[str, str] = field(default_factory=dict)
+    #: every plugin that registered, in load order (entry points by name, then ``extra_plugins``).
     plugins: list[str] = field(default_factory=list)
 
-
-def _plugin_name(pm: pluggy.PluginManager, plugin: object) -> str:
-    return pm.get_name(plugin) or getattr(plugin, "__name__", repr(plugin))
+    def fail(self, plugin: str, message: str) -> None:
+        self.failures[plugin] = f"{self.failures[plugin]}; {message}" if plugin in self.failures else message
+        log.warning("zoo plugin %r is skipped: %s", plugin, message)
 
 
 def build_registry(extra_plugins: tuple[object, ...] = (), *, entry_points: bool = True) -> Registry:
-    """Load every plugin in the ``zoo`` entry-point group (plus ``extra_plugins``) and collect their entries."""
+    """Load every plugin in the ``zoo`` entry-point group (plus ``extra_plugins``) and collect their entries.
+
+    Raises:
+        DuplicateNameError: two plugins (or one plugin twice) register the same model or sampler name.
+    """
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     reg = Registry()
-    if entry_points:
-        for ep in sorted(importlib.metadata.entry_points(group=hookspecs.PROJECT), key=lambda e: e.name):
-            if pm.has_plugin(ep.name):
-                continue  # the same distribution seen twice on sys.path
-            try:
-                pm.register(ep.load(), name=ep.name)
-            except Exception as exc:  # noqa: BLE001 - any import failure must stay local to that plugin
-                reg.failures[ep.name] = f"{type(exc).__name__}: {exc} (entry point {ep.value!r})"
-                log.warning("zoo plugin %r failed to load and is skipped: %s", ep.name, exc)
-    for plugin in extra_plugins:
-        pm.register(plugin)
+    loaded: list[tuple[str, object]] = []
 
-    owners: dict[str, str] = {}
-    for plugin in pm.get_plugins():
-        name = _plugin_name(pm, plugin)
-        reg.plugins.append(name)
-        for hook, target in (("zoo_models", reg.models), ("zoo_samplers", reg.samplers)):
-            impl = getattr(plugin, hook, None)
-            if impl is None:
-                continue
+    if entry_points:
+        seen: dict[str, str] = {}
+        for ep in sorted(importlib.metadata.entry_points(group=hookspecs.PROJECT), key=lambda e: (e.name, e.value)):
+            name = ep.name
+            if name in seen:
+                if seen[name] == ep.value:
+                    continue  # the same distribution found twice on sys.path (e.g. an editable and a regular install)
+                # Another distribution chose the same entry-point name: keep both, told apart by distribution.
+                name = f"{ep.dist.name if ep.dist else ep.value}:{ep.name}"
+            seen.setdefault(ep.name, ep.value)
             try:
-                items = list(impl() or [])
-            except Exception as exc:  # noqa: BLE001
-                reg.failures[name] = f"{hook}() raised {type(exc).__name__}: {exc}"
-                log.warning("zoo plugin %r failed in %s and is skipped: %s", name, hook, exc)
+                plugin = ep.load()
+            except Exception as exc:  # noqa: BLE001 - any import failure must stay local to that plugin
+                reg.fail(name, f"import failed: {type(exc).__name__}: {exc} (entry point {ep.name} = {ep.value!r})")
                 continue
+            loaded += _register(pm, reg, plugin, name)
+    for plugin in extra_plugins:
+        loaded += _register(pm, reg, plugin, None)
+
+    owners: dict[tuple[str, str], str] = {}
+    for name, plugin in loaded:
+        reg.plugins.append(name)
+        for hook, (kind, word) in HOOKS.items():
+            items = _call(pm, reg, hook, plugin, name)
+            if not items:
+                continue
+            bad = [item for item in items if not isinstance(item, kind) or not _valid_name(getattr(item, "name", None))]
+            if bad:
+                what = (f"a {type(bad[0]).__name__}, not a {kind.__name__}" if not isinstance(bad[0], kind)
+                        else f"a {word} named {bad[0].name!r} (names are lowercase, without spaces)")
+                reg.fail(name, f"{hook}() returned {what}: {bad[0]!r:.80}")
+                continue
+            target: dict[str, Any] = reg.models if hook == "zoo_models" else reg.samplers
             for item in items:
-                key = f"{hook}:{item.name}"
-                if item.name in target:
-                    kind = "model" if hook == "zoo_models" else "sampler"
+                key = (hook, item.name)
+                if key in owners:
+                    where = (f"twice by plugin {name!r}" if owners[key] == name
+                             else f"by two plugins: {owners[key]!r} and {name!r}")
                     raise DuplicateNameError(
-                        f"{kind} name {item.name!r} is registered by two plugins: {owners[key]!r} and {name!r}. "
-                        f"Uninstall one of them, or rename the {kind} in one plugin.")
+                        f"{word} name {item.name!r} is registered {where}. Uninstall one of them, or rename the "
+                        f"{word} in one plugin. (`pip show` the plugins' packages to see where they come from.)")
                 owners[key] = name
                 target[item.name] = replace(item, plugin=name) if isinstance(item, ModelEntry) else item
     return reg
+
+
+def _register(pm: pluggy.PluginManager, reg: Registry, plugin: object, name: str | None) -> list[tuple[str, object]]:
+    """Register one plugin with pluggy (which checks its hooks' signatures); [] and a failure if it is refused."""
+    label = name or getattr(plugin, "__name__", None) or repr(plugin)
+    try:
+        pm.register(plugin, name=name)
+    except Exception as exc:  # noqa: BLE001 - pluggy's PluginValidationError, or the same plugin twice
+        reg.fail(label, f"{type(exc).__name__}: {exc}")
+        return []
+    label = name or pm.get_name(plugin) or label
+    # A misspelt or unmarked hook is otherwise silently ignored: say so, since the plugin then registers nothing.
+    for attr in dir(plugin):
+        if not attr.startswith("zoo_"):
+            continue
+        marked = hasattr(getattr(plugin, attr, None), f"{hookspecs.PROJECT}_impl")
+        if attr in HOOKS and not marked:
+            reg.fail(label, f"{attr} is not marked @zoo.hookimpl, so zoo cannot see it")
+        elif attr not in HOOKS and marked:
+            reg.fail(label, f"{attr} is not a zoo hook (the hooks are {', '.join(HOOKS)})")
+    return [(label, plugin)]
+
+
+def _call(pm: pluggy.PluginManager, reg: Registry, hook: str, plugin: object, name: str) -> list:
+    """Call one plugin's implementation of ``hook`` alone, so that its failure stays its own."""
+    items: list = []
+    for impl in getattr(pm.hook, hook).get_hookimpls():
+        if impl.plugin is not plugin:
+            continue
+        try:
+            items += list(impl.function() or [])
+        except Exception as exc:  # noqa: BLE001
+            reg.fail(name, f"{hook}() raised {type(exc).__name__}: {exc}")
+            return []
+    return items
+
+
+def _valid_name(name: object) -> bool:
+    return isinstance(name, str) and bool(name) and name == name.lower() and not any(c.isspace() for c in name)

@@ -8,12 +8,12 @@
 from zoo.registry import hookimpl
 
 from .api import create, get_entry, get_sampler, info, list_models, list_samplers, registry, reload
-from .errors import (CorruptWeightsError, MissingFileError, OfflineError, UnknownModelError, WeightsMismatchError,
-                     ZooError)
+from .errors import (CorruptWeightsError, DownloadError, MissingFileError, OfflineError, UnknownModelError,
+                     UnsafeWeightsError, WeightsMismatchError, ZooError)
 
 __version__ = "0.1.0"
 __all__ = [
-    "CorruptWeightsError", "MissingFileError", "OfflineError", "UnknownModelError", "WeightsMismatchError",
+    "CorruptWeightsError", "DownloadError", "MissingFileError", "OfflineError", "UnknownModelError", "UnsafeWeightsError", "WeightsMismatchError",
     "ZooError", "create", "get_entry", "get_sampler", "hookimpl", "info", "list_models", "list_samplers",
     "registry", "reload",
 ]

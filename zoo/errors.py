@@ -25,8 +25,19 @@ class MissingFileError(ZooError):
     """The repo or directory does not hold a file the model needs."""
 
 
+class DownloadError(ZooError):
+    """A download started but did not finish (connection lost for good, server error). Nothing partial is kept:
+    huggingface_hub writes to a temporary ``*.incomplete`` file and deletes it on failure, so running the same call
+    again starts clean."""
+
+
 class CorruptWeightsError(ZooError):
     """A weight file is truncated or damaged."""
+
+
+class UnsafeWeightsError(ZooError):
+    """A pickle checkpoint (``.bin``) holds more than tensors and plain containers: objects or code that
+    ``torch.load(weights_only=True)`` refuses to build. zoo never unpickles such a file."""
 
 
 class WeightsMismatchError(ZooError):

@@ -6,14 +6,16 @@ which refuses anything but tensors and plain containers. No code from a checkpoi
 from __future__ import annotations
 
 import json
+import pickle
 import re
+import zipfile
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
 from torch import Tensor, nn
 
-from .errors import CorruptWeightsError, WeightsMismatchError
+from .errors import CorruptWeightsError, UnsafeWeightsError, WeightsMismatchError
 
 Renames = Iterable[tuple[str, str]]
 """A conversion table: ``(regex, replacement)`` pairs applied in order to every key (``re.sub``, full match)."""
@@ -27,20 +29,60 @@ def read_json(path: Path) -> dict:
 
 
 def load_state_dict(path: Path) -> dict[str, Tensor]:
-    """Read a ``.safetensors`` or ``.bin`` checkpoint onto the CPU."""
+    """Read a ``.safetensors`` or ``.bin`` checkpoint onto the CPU.
+
+    Raises:
+        CorruptWeightsError: the file is truncated or damaged, or holds no state dict.
+        UnsafeWeightsError: a pickle holds objects or code, not just tensors (it is never unpickled).
+    """
     path = Path(path)
-    try:
-        if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors":
+        try:
             from safetensors.torch import load_file
             return load_file(str(path), device="cpu")
-        if path.suffix in (".bin", ".pt", ".pth", ".ckpt"):
-            sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            return sd.get("state_dict", sd) if isinstance(sd, dict) and "state_dict" in sd else sd
-    except Exception as exc:  # noqa: BLE001 - safetensors and pickle raise many types on damage
-        raise CorruptWeightsError(
-            f"cannot read weights from {path}: {type(exc).__name__}: {exc}. The file is truncated or damaged: "
-            f"delete it (or the model's folder in the Hugging Face cache) and download again.") from exc
+        except Exception as exc:  # noqa: BLE001 - safetensors raises several types on damage
+            raise _damaged(path, exc) from exc
+    if path.suffix in (".bin", ".pt", ".pth", ".ckpt"):
+        return _load_pickle(path)
     raise CorruptWeightsError(f"{path}: unknown weight format {path.suffix!r} (expected .safetensors or .bin)")
+
+
+def _damaged(path: Path, exc: BaseException) -> CorruptWeightsError:
+    return CorruptWeightsError(
+        f"cannot read weights from {path}: {type(exc).__name__}: {exc}. The file is truncated or damaged: "
+        f"delete it (or the model's folder in the Hugging Face cache) and download again.")
+
+
+def _load_pickle(path: Path) -> dict[str, Tensor]:
+    # mmap needs torch's zip format; checkpoints saved before torch 1.6 are a bare pickle and must be read whole.
+    mmap = zipfile.is_zipfile(path)
+    try:
+        obj: Any = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as exc:
+        # The weights-only unpickler refuses any global it does not know (a class, os.system, ...): the file asks
+        # to build objects or run code. Say so plainly; torch's own message suggests weights_only=False.
+        detail = next((line.strip() for line in str(exc).splitlines()
+                       if "GLOBAL" in line or "Unsupported" in line or "unsupported" in line), "")
+        if "Weights only load failed" not in str(exc):
+            raise _damaged(path, exc) from exc
+        raise UnsafeWeightsError(
+            f"refused to load {path}: it is a pickle that holds more than tensors and plain containers"
+            f"{f' ({detail})' if detail else ''}, so reading it could run code (or the file is damaged). zoo "
+            f"reads .bin files only with torch.load(weights_only=True) and never unpickles anything else. Use the "
+            f"repo's .safetensors file, or, if you trust this file, convert it to safetensors yourself.") from None
+    except Exception as exc:  # noqa: BLE001 - zip and pickle readers raise many types on damage
+        raise _damaged(path, exc) from exc
+    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        obj = obj["state_dict"]  # Lightning-style checkpoints wrap the weights
+    if not isinstance(obj, Mapping):
+        raise CorruptWeightsError(f"{path} holds a {type(obj).__name__}, not a state dict (a mapping of names to "
+                                  f"tensors); is it a checkpoint of something else?")
+    odd = next(((k, v) for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, Tensor)), None)
+    if odd is not None:
+        raise CorruptWeightsError(f"{path} is not a plain state dict: entry {odd[0]!r} holds a "
+                                  f"{type(odd[1]).__name__}, not a tensor (keys: {_listing(sorted(map(str, obj)))}); is it a training "
+                                  f"checkpoint that wraps the weights under another key?")
+    return dict(obj)
 
 
 def rename(state_dict: Mapping[str, Tensor], table: Renames) -> dict[str, Tensor]:
@@ -55,9 +97,29 @@ def rename(state_dict: Mapping[str, Tensor], table: Renames) -> dict[str, Tensor
     return out
 
 
-def _listing(keys: list[str], limit: int = 12) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+def _spread(items: list[str], limit: int = 12) -> list[str]:
+    """At most ``limit`` of ``items`` (keys, or lines starting with a key), covering as many top-level modules as
+    possible: a wrong config usually shows in several places (down and up blocks), and the first dozen keys would
+    all come from one of them."""
+    if len(items) <= limit:
+        return items
+    chosen: set[int] = set()
+    seen: set[str] = set()
+    for i, item in enumerate(items):
+        top = item.split(".", 1)[0]
+        if top not in seen and len(chosen) < limit:
+            seen.add(top)
+            chosen.add(i)
+    for i in range(len(items)):
+        if len(chosen) >= limit:
+            break
+        chosen.add(i)
+    return [items[i] for i in sorted(chosen)]
+
+
+def _listing(items: list[str], sep: str = ", ", limit: int = 12) -> str:
+    shown = sep.join(_spread(items, limit))
+    return shown + (f"{sep}... ({len(items) - limit} more)" if len(items) > limit else "")
 
 
 def check_state_dict(expected: Mapping[str, tuple[int, ...]], state_dict: Mapping[str, Tensor], *,
@@ -66,11 +128,12 @@ def check_state_dict(expected: Mapping[str, tuple[int, ...]], state_dict: Mappin
 
     ``expected`` maps names to shapes (a model's state dict on any device, meta included, gives it).
     ``ignore`` holds regexes of keys that may be present in the file without the model needing them.
+    Long lists show a dozen entries spread over the model's top-level modules, and a count of the rest.
     """
     ignored = [re.compile(p) for p in ignore]
     missing = sorted(k for k in expected if k not in state_dict)
     unexpected = sorted(k for k in state_dict if k not in expected and not any(p.fullmatch(k) for p in ignored))
-    shapes = [f"{k}: {source} has {tuple(state_dict[k].shape)}, model expects {tuple(expected[k])}"
+    shapes = [f"{k}: checkpoint has {tuple(state_dict[k].shape)}, model expects {tuple(expected[k])}"
               for k in expected if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k])]
     problems = []
     if missing:
@@ -78,7 +141,7 @@ def check_state_dict(expected: Mapping[str, tuple[int, ...]], state_dict: Mappin
     if unexpected:
         problems.append(f"unexpected keys ({len(unexpected)}): {_listing(unexpected)}")
     if shapes:
-        problems.append(f"shape mismatches ({len(shapes)}): " + "; ".join(shapes[:12]))
+        problems.append(f"shape mismatches ({len(shapes)}): {_listing(shapes, '; ')}")
     if problems:
         raise WeightsMismatchError(
             f"{source} does not fit the model: " + " | ".join(problems) +
@@ -90,5 +153,9 @@ def load_into(model: nn.Module, state_dict: Mapping[str, Tensor], *, source: str
     """Strictly load ``state_dict`` into ``model`` (after conversion), casting to the model's dtypes."""
     own = model.state_dict()
     check_state_dict({k: tuple(v.shape) for k, v in own.items()}, state_dict, source=source, ignore=ignore)
-    model.load_state_dict({k: state_dict[k] for k in own}, strict=True, assign=any(v.is_meta for v in own.values()))
+    # A model built on the meta device gets the checkpoint's tensors assigned, not copied, and would take their
+    # dtype (a float16 file into a float32 model); cast first so the model keeps its own dtypes either way.
+    assign = any(v.is_meta for v in own.values())
+    model.load_state_dict({k: state_dict[k].to(own[k].dtype) if assign else state_dict[k] for k in own},
+                          strict=True, assign=assign)
     return model

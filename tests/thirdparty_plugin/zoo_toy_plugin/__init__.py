@@ -1,0 +1,94 @@
+"""A third-party zoo plugin: one model (``toy-mlp``, an Encoder) and one sampler (``toy-euler``).
+
+Everything a plugin needs is in this file: a builder, a ModelEntry that points at weights shipped inside the
+package (``local_dir``), a sampler made with ``@sampler``, and the two hooks marked ``@hookimpl``. zoo finds it
+through the ``zoo`` entry point in pyproject.toml; zoo's own code never names it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from zoo.hub import pick
+from zoo.registry import Encoder, ModelEntry, hookimpl, sampler
+from zoo.weights import load_into, load_state_dict, read_json
+
+WEIGHTS = Path(__file__).parent / "weights" / "toy-mlp"
+
+
+class ToyMLP(Encoder):
+    """8x8 RGB images -> ``dim`` features through a two-layer MLP."""
+
+    def __init__(self, hidden: int = 32, dim: int = 16, image_size: int = 8):
+        super().__init__()
+        self.image_size = (image_size, image_size)
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(3 * image_size * image_size, hidden), nn.GELU(),
+                                 nn.Linear(hidden, dim))
+        self.register_buffer("mean", torch.full((1, 3, 1, 1), 0.5))
+        self.register_buffer("std", torch.full((1, 3, 1, 1), 0.25))
+
+    def preprocess(self, images: Any) -> Tensor:
+        """Float ``(N, 3, H, W)`` in [0, 1] (or uint8) -> normalised ``(N, 3, 8, 8)``."""
+        x = torch.as_tensor(images)
+        x = x.float() / 255 if not x.is_floating_point() else x
+        x = nn.functional.interpolate(x, size=self.image_size, mode="bilinear", antialias=True, align_corners=False)
+        return ((x - self.mean) / self.std).to(self.mean.dtype)
+
+    def encode(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    forward = encode
+
+
+def build(entry: ModelEntry, files: Path | None, *, device: torch.device, dtype: torch.dtype, **kwargs: Any) -> ToyMLP:
+    config = {**(read_json(files / "config.json") if files is not None else {}), **entry.config, **kwargs}
+    model = ToyMLP(**config)
+    if files is not None:
+        path = pick(files, entry.files[1])
+        load_into(model, load_state_dict(path), source=str(path))
+    return model.to(device=device, dtype=dtype).eval()
+
+
+@sampler("toy-euler")
+def toy_euler(denoise, x: Tensor, sigmas: Tensor, *, signal_scale, callback=None) -> Tensor:
+    """Euler's method on the probability-flow ODE dx/dsigma = (x - D(x, sigma)) / sigma."""
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised = denoise(x, sigma)
+        x = x + (x - denoised) / sigma * (sigma_next - sigma)
+    return x
+
+
+ENTRY = ModelEntry(
+    name="toy-mlp", family="toy", interface="encoder", build=build, local_dir=WEIGHTS,
+    files=("config.json", ("model.safetensors", "pytorch_model.bin")),
+    license="Apache-2.0", description="A two-layer MLP over 8x8 images: the test suite's third-party plugin.",
+)
+
+
+@hookimpl
+def zoo_models() -> list[ModelEntry]:
+    return [ENTRY]
+
+
+@hookimpl
+def zoo_samplers() -> list:
+    return [toy_euler]
+
+
+def make_weights(seed: int = 0) -> None:
+    """Write the shipped weights (``python -c "import zoo_toy_plugin as t; t.make_weights()"``)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    config = {"hidden": 32, "dim": 16, "image_size": 8}
+    model = ToyMLP(**config)
+    WEIGHTS.mkdir(parents=True, exist_ok=True)
+    (WEIGHTS / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, WEIGHTS / "model.safetensors",
+              metadata={"seed": str(seed)})
