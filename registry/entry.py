@@ -1,6 +1,7 @@
 """A model entry: everything zoo knows about one named model, as data beside the code that builds it."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -21,7 +22,8 @@ class ModelEntry:
     family: str
     interface: Interface
     build: Callable[..., Any]
-    #: Hub repo the weights come from, and the commit they are pinned to. None for weights shipped in a package.
+    #: Hub repo the weights come from, and the 40-hex commit they are pinned to. ``revision=None`` means no
+    #: commit could be verified: zoo then fetches the main branch and warns. Both None for packaged weights.
     repo_id: str | None = None
     revision: str | None = None
     #: files of the repo the entry needs, by preference: for each slot, the first name the repo holds wins
@@ -41,6 +43,11 @@ class ModelEntry:
     train: Callable[..., Any] | None = None
     #: which plugin registered the entry (filled in by the plugin manager).
     plugin: str = ""
+
+    def __post_init__(self) -> None:
+        if self.revision is not None and not re.fullmatch(r"[0-9a-f]{40}", self.revision):
+            raise ValueError(f"model {self.name!r}: revision must be a full 40-hex commit hash (or None when no "
+                             f"commit is known), got {self.revision!r}; a branch or tag name is not a pin")
 
     def as_dict(self) -> dict[str, Any]:
         """What ``zoo info`` prints."""

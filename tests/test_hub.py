@@ -136,6 +136,23 @@ def test_pinned_revision_is_what_is_requested_and_served(hub_server: HubServer, 
     assert hub_requests and all(f"/resolve/{COMMIT}/" in r.path for r in hub_requests)
 
 
+def test_an_entry_without_a_verified_commit_fetches_main_and_says_so(hub_server: HubServer, registry_with):
+    hub_server.add_repo(REPO, repo_files(seed=0), commit=COMMIT)
+    hub_server.add_repo(REPO, repo_files(seed=1), commit=COMMIT_2)  # main is the latest commit
+    registry_with(tiny_entry(revision=None))
+
+    with pytest.warns(hub.UnpinnedRevisionWarning, match="no verified commit of zoo-test/tiny"):
+        model = zoo.create("tiny-hub", device="cpu")
+    assert same_weights(model, state(1))
+    # once main resolved to a commit, every later file of the same fetch comes from that commit
+    assert any(f"/resolve/{COMMIT_2}/" in r.path for r in hub_server.requests if r.origin == "hub")
+
+
+def test_a_branch_name_is_not_accepted_as_a_pin():
+    with pytest.raises(ValueError, match="40-hex commit hash"):
+        tiny_entry(revision="main")
+
+
 def test_interrupted_transfer_resumes_with_a_range_request_and_is_never_visible_partial(
         hub_server: HubServer, hf_cache: Path, registry_with):
     # huggingface_hub writes in 10 MiB chunks and resumes from the last whole chunk it wrote, so the file must be

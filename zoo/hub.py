@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +54,10 @@ except ImportError:  # pragma: no cover - other huggingface_hub versions
 
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 _TRUE = {"1", "on", "yes", "true"}
+
+
+class UnpinnedRevisionWarning(UserWarning):
+    """An entry without a verified commit is fetched from its repo's main branch."""
 
 
 @dataclass(frozen=True)
@@ -113,6 +118,10 @@ def fetch(entry: ModelEntry, weights: str | os.PathLike | None = None) -> Path:
         raise MissingFileError(f"model {entry.name!r} lists no files to fetch")
     repo_id = str(weights) if weights is not None else entry.repo_id
     revision = entry.revision if weights is None else None
+    if weights is None and revision is None:
+        warnings.warn(f"{entry.name}: zoo has no verified commit of {repo_id} to pin, so it fetches the repo's main "
+                      f"branch, which its owners may change. For a fixed copy, `zoo download {entry.name}` once and "
+                      f"keep the cache, or pass weights= a local directory.", UnpinnedRevisionWarning, stacklevel=3)
     cfg = settings()
     root: Path | None = None
     for slot in entry.files:

@@ -12,16 +12,13 @@ from zoo.registry import ModelEntry, hookimpl
 
 from .swin import build_hf, build_timm
 
-#: Placeholder for a pinned commit (see zoo.plugins.vit.REVISION_UNVERIFIED): no real commit is recorded offline.
-#: Each entry MUST get its repo's real 40-hex commit once verified online.
-REVISION_UNVERIFIED = "0" * 40
-
-REVISIONS: dict[str, str] = {
-    "timm/swin_tiny_patch4_window7_224.ms_in1k": REVISION_UNVERIFIED,
-    "timm/swin_small_patch4_window7_224.ms_in1k": REVISION_UNVERIFIED,
-    "timm/swin_base_patch4_window7_224.ms_in22k_ft_in1k": REVISION_UNVERIFIED,
-    "timm/swin_large_patch4_window7_224.ms_in22k_ft_in1k": REVISION_UNVERIFIED,
-    "microsoft/swin-tiny-patch4-window7-224": REVISION_UNVERIFIED,
+#: Pinned commits, found as for zoo.plugins.vit.REVISIONS; None where none could be verified offline.
+REVISIONS: dict[str, str | None] = {
+    "timm/swin_tiny_patch4_window7_224.ms_in1k": "4cc3a7275b50b53a7bec45f32c236ebe64227cff",
+    "timm/swin_small_patch4_window7_224.ms_in1k": None,
+    "timm/swin_base_patch4_window7_224.ms_in22k_ft_in1k": "a6a1eb2321b4f556fa0fa243fb777d47679f13c9",
+    "timm/swin_large_patch4_window7_224.ms_in22k_ft_in1k": None,
+    "microsoft/swin-tiny-patch4-window7-224": None,
 }
 
 SWIN_PAPER = ("Liu et al. 2021, Swin Transformer: Hierarchical Vision Transformer using Shifted Windows, "

@@ -12,19 +12,16 @@ from zoo.registry import ModelEntry, hookimpl
 
 from .vit import build_hf, build_timm
 
-#: Placeholder for a pinned commit. The Hub cannot be reached from where these entries were written and no note
-#: in shared/checkpoints records the real commits. Each entry MUST get its repo's real 40-hex commit
-#: (``huggingface_hub.model_info(repo).sha``) once verified online; until then a Hub download fails with
-#: "revision not found" rather than silently loading an unpinned branch. ``weights=`` a local folder works.
-REVISION_UNVERIFIED = "0" * 40
-
-REVISIONS: dict[str, str] = {
-    "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k": REVISION_UNVERIFIED,
-    "timm/vit_small_patch16_224.augreg_in21k_ft_in1k": REVISION_UNVERIFIED,
-    "timm/vit_base_patch16_224.augreg2_in21k_ft_in1k": REVISION_UNVERIFIED,
-    "timm/vit_base_patch32_224.augreg_in21k_ft_in1k": REVISION_UNVERIFIED,
-    "timm/vit_large_patch16_224.augreg_in21k_ft_in1k": REVISION_UNVERIFIED,
-    "google/vit-base-patch16-224": REVISION_UNVERIFIED,
+#: The commit each repo is pinned to. Hashes were found in public material that records them (code pinning
+#: ``revision=``, Hub cache snapshot paths); None where no commit could be verified offline: those download the
+#: repo's main branch, with a warning (see zoo.hub.fetch). Replace a None by the commit once verified online.
+REVISIONS: dict[str, str | None] = {
+    "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k": None,
+    "timm/vit_small_patch16_224.augreg_in21k_ft_in1k": None,
+    "timm/vit_base_patch16_224.augreg2_in21k_ft_in1k": "063c6c38a5d8510b2e57df480445e94b231dad2c",
+    "timm/vit_base_patch32_224.augreg_in21k_ft_in1k": None,
+    "timm/vit_large_patch16_224.augreg_in21k_ft_in1k": None,
+    "google/vit-base-patch16-224": "3f49326eb077187dfe1c2a2bb15fbd74e6ab91e3",
 }
 
 VIT_PAPER = "Dosovitskiy et al. 2021, An Image is Worth 16x16 Words, arXiv:2010.11929"
