@@ -1,0 +1,485 @@
+"""CLIP (Radford et al. 2021): a ViT image tower and a causal text Transformer, trained so that matching image and
+text embeddings have a high cosine similarity.
+
+The file also holds what SigLIP (``siglip.py``) reuses: the pre-norm Transformer block, the text tower and
+:class:`ImageTextModel`, the shared interface (preprocess, tokenize, encode_image, encode_text, zero_shot).
+
+Parameter names are ours (timm-like: ``blocks.i.norm1``, ``attn.qkv``, ``mlp.fc1``); the published layouts are
+converted by the rename tables at the bottom plus one small function per layout for what a table cannot say
+(q/k/v fused into one matrix, projections stored transposed).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from functools import partial
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from zoo.registry import Encoder, check_image_batch
+
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),  # OpenAI's weights were trained with this approximation
+    "gelu": F.gelu,  # exact erf GELU: LAION's open_clip models (not the -quickgelu ones)
+    "gelu_tanh": partial(F.gelu, approximate="tanh"),  # big_vision's GELU: SigLIP
+}
+# the names the reference configs use for the same functions
+ACTIVATION_ALIASES = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh",
+                      "gelu_new": "gelu_tanh", "gelu_tanh": "gelu_tanh"}
+
+
+# -- the Transformer ----------------------------------------------------------------------------------------------
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with one fused q|k|v projection."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, causal: bool = False, index: Tensor | None = None) -> Tensor:
+        """``(N, T, D) -> (N, T, D)``; ``causal`` lets each token see only itself and the tokens before it.
+
+        ``index`` ``(N,)``: compute only the output of token ``index[i]`` of each sample, ``(N, 1, D)`` (the last
+        block of a tower that pools a single token needs nothing else).
+        """
+        n, t, d = x.shape
+        q, k, v = self.qkv(x).view(n, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)  # 3 x (N, H, T, Dh)
+        mask = None
+        if index is not None:
+            q = q[torch.arange(n, device=x.device), :, index].unsqueeze(2)  # (N, H, 1, Dh)
+            if causal:  # the query at position p sees keys 0..p
+                mask = (torch.arange(t, device=x.device) <= index[:, None]).view(n, 1, 1, t)
+            causal = False
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+        return self.proj(x.transpose(1, 2).reshape(n, -1, d))
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int, act: str) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = ACTIVATIONS[act]
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``."""
+
+    def __init__(self, dim: int, heads: int, mlp_dim: int, act: str, eps: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = MLP(dim, mlp_dim, act)
+
+    def forward(self, x: Tensor, causal: bool = False, index: Tensor | None = None) -> Tensor:
+        """``(N, T, D) -> (N, T, D)``, or ``(N, 1, D)`` for the tokens at ``index`` only (see Attention)."""
+        residual = x if index is None else x[torch.arange(x.shape[0], device=x.device), index].unsqueeze(1)
+        x = residual + self.attn(self.norm1(x), causal, index)
+        return x + self.mlp(self.norm2(x))
+
+
+def _blocks(dim: int, layers: int, heads: int, mlp_dim: int, act: str, eps: float) -> nn.ModuleList:
+    return nn.ModuleList(Block(dim, heads, mlp_dim, act, eps) for _ in range(layers))
+
+
+# -- configuration --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TowerConfig:
+    """One Transformer tower (defaults: CLIP ViT-B/32's image tower)."""
+
+    width: int = 768
+    layers: int = 12
+    heads: int = 12
+    mlp_dim: int = 3072
+
+
+class TwoTowerConfig:
+    """What CLIP's and SigLIP's configs share: rebuilding from plain data."""
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        """The inverse of ``dataclasses.asdict`` (an entry's ``config``); unknown keys are ignored."""
+        d = dict(d)
+        for tower in ("vision", "text"):
+            if isinstance(d.get(tower), dict):
+                d[tower] = TowerConfig(**d[tower])
+        return cls(**{k: v for k, v in d.items() if k in {f.name for f in fields(cls)}})
+
+
+@dataclass(frozen=True)
+class CLIPConfig(TwoTowerConfig):
+    """Defaults: openai/clip-vit-base-patch32."""
+
+    embed_dim: int = 512
+    image_size: int = 224
+    patch_size: int = 32
+    vision: TowerConfig = TowerConfig()
+    vocab_size: int = 49408
+    context_length: int = 77
+    text: TowerConfig = TowerConfig(width=512, heads=8, mlp_dim=2048)
+    act: str = "quick_gelu"
+    eps: float = 1e-5
+
+    @classmethod
+    def from_transformers(cls, cfg: dict[str, Any]) -> CLIPConfig:
+        """From a transformers ``CLIPModel`` config.json; missing fields take transformers' defaults."""
+        v, t = cfg.get("vision_config") or {}, cfg.get("text_config") or {}
+        act = _one_value("hidden_act", v.get("hidden_act", "quick_gelu"), t.get("hidden_act", "quick_gelu"))
+        eps = _one_value("layer_norm_eps", v.get("layer_norm_eps", 1e-5), t.get("layer_norm_eps", 1e-5))
+        return cls(
+            embed_dim=cfg.get("projection_dim", 512),
+            image_size=v.get("image_size", 224), patch_size=v.get("patch_size", 32),
+            vision=_hf_tower(v, TowerConfig()),
+            vocab_size=t.get("vocab_size", 49408), context_length=t.get("max_position_embeddings", 77),
+            text=_hf_tower(t, TowerConfig(width=512, heads=8, mlp_dim=2048)),
+            act=canonical_activation(act), eps=eps)
+
+    @classmethod
+    def from_open_clip(cls, cfg: dict[str, Any]) -> CLIPConfig:
+        """From an open_clip ``open_clip_config.json`` (its ``model_cfg``) for the plain ViT CLIP architecture."""
+        m = cfg.get("model_cfg", cfg)
+        v, t = m.get("vision_cfg", {}), m.get("text_cfg", {})
+        _refuse_unsupported(v, t, m)
+        vw, tw = v.get("width", 768), t.get("width", 512)
+        return cls(
+            embed_dim=m["embed_dim"], image_size=_square(v.get("image_size", 224)), patch_size=v.get("patch_size", 16),
+            vision=TowerConfig(width=vw, layers=v.get("layers", 12), heads=vw // v.get("head_width", 64),
+                               mlp_dim=int(vw * v.get("mlp_ratio", 4.0))),
+            vocab_size=t.get("vocab_size", 49408), context_length=t.get("context_length", 77),
+            text=TowerConfig(width=tw, layers=t.get("layers", 12), heads=t.get("heads", 8),
+                             mlp_dim=int(tw * t.get("mlp_ratio", 4.0))),
+            # open_clip's default is exact GELU; only the "-quickgelu" configs (and OpenAI's weights) use QuickGELU
+            act="quick_gelu" if m.get("quick_gelu") else "gelu", eps=1e-5)
+
+
+def _hf_tower(c: dict[str, Any], default: TowerConfig) -> TowerConfig:
+    return TowerConfig(width=c.get("hidden_size", default.width), layers=c.get("num_hidden_layers", default.layers),
+                       heads=c.get("num_attention_heads", default.heads),
+                       mlp_dim=c.get("intermediate_size", default.mlp_dim))
+
+
+def _one_value(name: str, vision: Any, text: Any) -> Any:
+    if vision != text:
+        raise NotImplementedError(f"the towers disagree on {name} ({vision!r} vs {text!r}); zoo's CLIP uses one")
+    return vision
+
+
+def canonical_activation(name: str) -> str:
+    if name not in ACTIVATION_ALIASES:
+        raise NotImplementedError(f"activation {name!r} is not supported (known: {sorted(ACTIVATION_ALIASES)})")
+    return ACTIVATION_ALIASES[name]
+
+
+def _square(size: int | Sequence[int]) -> int:
+    if isinstance(size, int):
+        return size
+    if len(set(size)) != 1:
+        raise NotImplementedError(f"non-square image size {size} is not supported")
+    return int(size[0])
+
+
+_OPEN_CLIP_DEFAULTS = {  # options of open_clip's CLIPVisionCfg / CLIPTextCfg that change the architecture
+    "vision": {"ls_init_value": None, "patch_dropout": 0.0, "attentional_pool": False, "no_ln_pre": False,
+               "pos_embed_type": "learnable", "final_ln_after_pool": False, "pool_type": "tok",
+               "timm_model_name": None, "act_kwargs": None, "norm_kwargs": None, "block_type": None,
+               "qk_norm": False, "scaled_cosine_attn": False, "scale_heads": False, "scale_attn_inner": False,
+               "scale_attn": False, "scale_fc": False},
+    "text": {"ls_init_value": None, "embed_cls": False, "no_causal_mask": False, "final_ln_after_pool": False,
+             "pool_type": "argmax", "proj_bias": False, "proj_type": "linear", "hf_model_name": None,
+             "act_kwargs": None, "norm_kwargs": None, "block_type": None, "qk_norm": False,
+             "scaled_cosine_attn": False, "scale_heads": False, "scale_attn_inner": False, "scale_attn": False,
+             "scale_fc": False},
+}
+
+
+def _refuse_unsupported(v: dict, t: dict, m: dict) -> None:
+    """Raise for open_clip options this CLIP does not implement, instead of loading them wrongly."""
+    odd = [f"vision_cfg.{k}={v[k]!r}" for k, d in _OPEN_CLIP_DEFAULTS["vision"].items() if k in v and v[k] != d]
+    odd += [f"text_cfg.{k}={t[k]!r}" for k, d in _OPEN_CLIP_DEFAULTS["text"].items() if k in t and t[k] != d]
+    odd += [f"{k}=true" for k in ("custom_text", "cast_dtype") if m.get(k)]
+    odd += ["vision_cfg.layers (ResNet)"] if isinstance(v.get("layers"), (list, tuple)) else []
+    if odd:
+        raise NotImplementedError("this open_clip config uses options zoo's CLIP does not implement: " + ", ".join(odd))
+
+
+# -- towers -----------------------------------------------------------------------------------------------------------
+
+
+class VisionTower(nn.Module):
+    """CLIP's ViT: patches + class token + learned positions, LayerNorm before and after the blocks, and a
+    bias-free projection of the class token."""
+
+    def __init__(self, cfg: CLIPConfig) -> None:
+        super().__init__()
+        d, grid = cfg.vision.width, cfg.image_size // cfg.patch_size
+        self.patch_embed = nn.Conv2d(3, d, cfg.patch_size, stride=cfg.patch_size, bias=False)
+        # random init as OpenAI's (what pretrained=False gives); loading replaces it
+        self.cls_token = nn.Parameter(torch.randn(d) * d ** -0.5)
+        self.pos_embed = nn.Parameter(torch.randn(1 + grid * grid, d) * d ** -0.5)
+        self.norm_pre = nn.LayerNorm(d, eps=cfg.eps)
+        self.blocks = _blocks(d, cfg.vision.layers, cfg.vision.heads, cfg.vision.mlp_dim, cfg.act, cfg.eps)
+        self.norm_post = nn.LayerNorm(d, eps=cfg.eps)
+        self.proj = nn.Linear(d, cfg.embed_dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(N, 3, H, W)`` normalised pixels -> ``(N, embed_dim)`` image embeddings (not normalised)."""
+        x = self.patch_embed(x).flatten(2).transpose(1, 2)  # (N, T, D), patches in row-major order
+        x = torch.cat([self.cls_token.expand(x.shape[0], 1, -1), x], dim=1) + self.pos_embed
+        x = self.norm_pre(x)
+        for block in self.blocks[:-1]:
+            x = block(x)
+        # only the class token is read out: the last block computes its output alone
+        x = self.blocks[-1](x, index=torch.zeros(x.shape[0], dtype=torch.long, device=x.device))
+        return self.proj(self.norm_post(x[:, 0]))
+
+
+class TextTower(nn.Module):
+    """Token + learned position embeddings, Transformer, final LayerNorm, a linear projection of one token.
+
+    ``pool="eot"`` (CLIP): causal attention, pooled at the first end-of-text token, found as the first position of
+    the largest id (the end token is the last in CLIP's vocabulary, as OpenAI and transformers both assume).
+    ``pool="last"`` (SigLIP): bidirectional attention over the fixed-length padded text, pooled at the last position.
+    """
+
+    def __init__(self, vocab_size: int, context_length: int, tower: TowerConfig, out_dim: int, *, act: str,
+                 eps: float, pool: str = "eot", proj_bias: bool = False) -> None:
+        super().__init__()
+        if pool not in ("eot", "last"):
+            raise ValueError(f"pool must be 'eot' or 'last', got {pool!r}")
+        self.pool = pool
+        self.token_embed = nn.Embedding(vocab_size, tower.width)
+        self.pos_embed = nn.Parameter(torch.randn(context_length, tower.width) * 0.01)
+        self.blocks = _blocks(tower.width, tower.layers, tower.heads, tower.mlp_dim, act, eps)
+        self.norm_final = nn.LayerNorm(tower.width, eps=eps)
+        self.proj = nn.Linear(tower.width, out_dim, bias=proj_bias)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        """``(N, L)`` int64 token ids -> ``(N, out_dim)`` text embeddings (not normalised)."""
+        causal = self.pool == "eot"
+        if causal:
+            pooled = ids.argmax(dim=-1)
+            # under a causal mask nothing after the last end token can reach it: skip the padding entirely
+            ids = ids[:, : int(pooled.max()) + 1]
+        else:
+            pooled = torch.full((ids.shape[0],), ids.shape[1] - 1, device=ids.device)
+        x = self.token_embed(ids) + self.pos_embed[: ids.shape[1]]
+        for block in self.blocks[:-1]:
+            x = block(x, causal)
+        x = self.blocks[-1](x, causal, index=pooled)  # (N, 1, D): only the pooled token is read out
+        return self.proj(self.norm_final(x[:, 0]))
+
+
+# -- the shared model interface -------------------------------------------------------------------------------------
+
+
+class ImageTextModel(Encoder):
+    """What CLIP and SigLIP share: two towers, their preprocessing and tokenizer, and zero-shot classification.
+
+    ``tokenizer`` (strings -> ``(N, L)`` ids) and ``transform`` (images -> ``(N, 3, H, W)``) are attached by the
+    builder from the checkpoint's own files.
+    """
+
+    visual: nn.Module
+    text: TextTower
+    logit_scale: nn.Parameter
+    logit_bias: nn.Parameter | None  # set in __init__: a class default would hide the registered parameter
+    tokenizer: Callable[[list[str]], Tensor] | None = None
+    transform: Callable[[Any], Tensor] | None = None
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.logit_scale.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.logit_scale.device
+
+    def preprocess(self, images: Any) -> Tensor:
+        """PIL images, paths, uint8 / float ``[0, 1]`` tensors -> ``(N, 3, H, W)`` float32 model input."""
+        if self.transform is None:
+            raise RuntimeError("this model has no preprocessing attached (built without its files)")
+        return self.transform(images)
+
+    def tokenize(self, texts: str | Sequence[str]) -> Tensor:
+        """Strings -> ``(N, context_length)`` int64 token ids, with the checkpoint's own tokenizer."""
+        if self.tokenizer is None:
+            raise RuntimeError("this model has no tokenizer attached (built with pretrained=False?); pass token ids")
+        return self.tokenizer([texts] if isinstance(texts, str) else list(texts))
+
+    def encode_image(self, x: Tensor, normalize: bool = False) -> Tensor:
+        """``(N, 3, H, W)`` preprocessed images -> ``(N, E)`` embeddings, L2-normalised on request."""
+        check_image_batch(x, channels=3, size=self.image_size, what="encode_image input")
+        out = self.visual(x.to(device=self.device, dtype=self.dtype))
+        return F.normalize(out, dim=-1) if normalize else out
+
+    def encode_text(self, text: str | Sequence[str] | Tensor, normalize: bool = False) -> Tensor:
+        """Strings or ``(N, L)`` int64 token ids -> ``(N, E)`` embeddings, L2-normalised on request."""
+        ids = text if isinstance(text, Tensor) else self.tokenize(text)
+        if ids.ndim != 2 or ids.shape[0] == 0 or ids.is_floating_point():
+            got = f"{ids.dtype} of shape {tuple(ids.shape)}" if isinstance(text, Tensor) else "no text"
+            raise ValueError(f"encode_text takes strings or (N, L) int64 token ids with N >= 1, got {got}")
+        out = self.text(ids.to(self.device))
+        return F.normalize(out, dim=-1) if normalize else out
+
+    def encode(self, x: Tensor) -> Tensor:
+        """The Encoder contract: image embeddings (not normalised)."""
+        return self.encode_image(x)
+
+    def logits(self, image_embeds: Tensor, text_embeds: Tensor) -> Tensor:
+        """Normalised ``(N, E)`` and ``(M, E)`` -> ``(N, M)``: ``exp(logit_scale) * cos`` (+ ``logit_bias``)."""
+        logits = self.logit_scale.exp() * image_embeds @ text_embeds.T
+        return logits + self.logit_bias if self.logit_bias is not None else logits
+
+    def forward(self, x: Tensor, text: str | Sequence[str] | Tensor) -> Tensor:
+        """``(N, 3, H, W)`` images and M texts -> ``(N, M)`` logits per image, as the reference models return."""
+        return self.logits(self.encode_image(x, normalize=True), self.encode_text(text, normalize=True))
+
+    def probabilities(self, logits: Tensor) -> Tensor:
+        """Logits -> probabilities over the label axis (softmax for CLIP; SigLIP overrides with a sigmoid)."""
+        return logits.softmax(dim=-1)
+
+    @torch.inference_mode()
+    def classifier(self, labels: Sequence[str], templates: Sequence[str] | None = None,
+                   batch_size: int = 256) -> Tensor:
+        """``(L, E)`` normalised label embeddings; with templates, the normalised mean over the filled-in
+        templates of each label's normalised embeddings (CLIP paper, prompt ensembling)."""
+        templates = list(templates or ["{}"])
+        texts = [t.format(label) for label in labels for t in templates]
+        emb = torch.cat([self.encode_text(texts[i:i + batch_size], normalize=True)
+                         for i in range(0, len(texts), batch_size)])
+        emb = emb.view(len(labels), len(templates), -1).mean(dim=1)
+        return F.normalize(emb, dim=-1)
+
+    @torch.inference_mode()
+    def zero_shot(self, images: Any, labels: Sequence[str], templates: Sequence[str] | None = None,
+                  batch_size: int = 64) -> Tensor:
+        """Images (anything :meth:`preprocess` takes) and L label names -> ``(N, L)`` float32 probabilities.
+
+        ``templates`` such as ``["a photo of a {}."]`` are filled with each label and averaged (see
+        :meth:`classifier`); without them the labels are used as they are.
+        """
+        if isinstance(labels, str) or not labels:
+            raise ValueError("labels must be a non-empty list of strings, e.g. ['a cat', 'a dog']")
+        classes = self.classifier(labels, templates)
+        x = self.preprocess(images)
+        image = torch.cat([self.encode_image(x[i:i + batch_size], normalize=True)
+                           for i in range(0, x.shape[0], batch_size)])
+        return self.probabilities(self.logits(image.float(), classes.float()))  # float32 even for a half model
+
+
+# -- CLIP ----------------------------------------------------------------------------------------------------------
+
+
+class CLIP(ImageTextModel):
+    """CLIP: ``encode_image``/``encode_text`` give ``(N, embed_dim)``; zero-shot probabilities are a softmax over
+    ``exp(logit_scale) * cos(image, label)``."""
+
+    config_class = CLIPConfig
+
+    def __init__(self, cfg: CLIPConfig = CLIPConfig()) -> None:
+        super().__init__()
+        self.config = cfg
+        self.image_size = (cfg.image_size, cfg.image_size)
+        self.visual = VisionTower(cfg)
+        self.text = TextTower(cfg.vocab_size, cfg.context_length, cfg.text, cfg.embed_dim, act=cfg.act, eps=cfg.eps)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # 0-dim; trained value ln(100)
+        self.logit_bias = None
+
+
+
+# -- converting the published layouts -------------------------------------------------------------------------------
+
+# Inside every transformers encoder layer (CLIP and SigLIP). q/k/v stay separate here and are fused by fuse_qkv.
+TRANSFORMERS_BLOCK = [
+    (r"(.*\.blocks\.\d+)\.layer_norm([12])\.(weight|bias)", r"\1.norm\2.\3"),
+    (r"(.*\.blocks\.\d+)\.self_attn\.([qkv])_proj\.(weight|bias)", r"\1.attn.\2.\3"),
+    (r"(.*\.blocks\.\d+)\.self_attn\.out_proj\.(weight|bias)", r"\1.attn.proj.\2"),
+]
+# transformers' text model prefixes (CLIP and SigLIP)
+TRANSFORMERS_TEXT = [
+    (r"text_model\.embeddings\.token_embedding\.weight", "text.token_embed.weight"),
+    (r"text_model\.embeddings\.position_embedding\.weight", "text.pos_embed"),
+    (r"text_model\.encoder\.layers\.(\d+)\.(.*)", r"text.blocks.\1.\2"),
+    (r"text_model\.final_layer_norm\.(weight|bias)", r"text.norm_final.\1"),
+]
+# transformers CLIPModel (openai/clip-vit-*, the laion repos' HF twins)
+TRANSFORMERS_CLIP = [
+    (r"vision_model\.embeddings\.patch_embedding\.weight", "visual.patch_embed.weight"),
+    (r"vision_model\.embeddings\.class_embedding", "visual.cls_token"),
+    (r"vision_model\.embeddings\.position_embedding\.weight", "visual.pos_embed"),
+    (r"vision_model\.pre_layrnorm\.(weight|bias)", r"visual.norm_pre.\1"),  # sic: the key has a typo
+    (r"vision_model\.encoder\.layers\.(\d+)\.(.*)", r"visual.blocks.\1.\2"),
+    (r"vision_model\.post_layernorm\.(weight|bias)", r"visual.norm_post.\1"),
+    (r"visual_projection\.weight", "visual.proj.weight"),
+    (r"text_projection\.weight", "text.proj.weight"),
+    *TRANSFORMERS_TEXT,
+    *TRANSFORMERS_BLOCK,
+]
+# Inside every open_clip residual block (OpenAI's original names; in_proj is already our fused qkv).
+OPEN_CLIP_BLOCK = [
+    (r"(.*\.blocks\.\d+)\.ln_([12])\.(weight|bias)", r"\1.norm\2.\3"),
+    (r"(.*\.blocks\.\d+)\.attn\.in_proj_(weight|bias)", r"\1.attn.qkv.\2"),
+    (r"(.*\.blocks\.\d+)\.attn\.out_proj\.(weight|bias)", r"\1.attn.proj.\2"),
+    (r"(.*\.blocks\.\d+)\.mlp\.c_fc\.(weight|bias)", r"\1.mlp.fc1.\2"),
+    (r"(.*\.blocks\.\d+)\.mlp\.c_proj\.(weight|bias)", r"\1.mlp.fc2.\2"),
+]
+# open_clip CLIP (laion/CLIP-ViT-*; also OpenAI's original .pt layout). The text tower has no prefix.
+OPEN_CLIP = [
+    (r"visual\.conv1\.weight", "visual.patch_embed.weight"),
+    (r"visual\.class_embedding", "visual.cls_token"),
+    (r"visual\.positional_embedding", "visual.pos_embed"),
+    (r"visual\.ln_pre\.(weight|bias)", r"visual.norm_pre.\1"),
+    (r"visual\.transformer\.resblocks\.(\d+)\.(.*)", r"visual.blocks.\1.\2"),
+    (r"visual\.ln_post\.(weight|bias)", r"visual.norm_post.\1"),
+    (r"visual\.proj", "visual.proj.weight"),  # stored (D, E), used as x @ proj: transposed below
+    (r"token_embedding\.weight", "text.token_embed.weight"),
+    (r"positional_embedding", "text.pos_embed"),
+    (r"transformer\.resblocks\.(\d+)\.(.*)", r"text.blocks.\1.\2"),
+    (r"ln_final\.(weight|bias)", r"text.norm_final.\1"),
+    (r"text_projection", "text.proj.weight"),  # stored (D, E) as well
+    *OPEN_CLIP_BLOCK,
+]
+#: buffers in published files that the model recomputes (legacy transformers position ids, open_clip's mask)
+IGNORED = [r".*position_ids", r"attn_mask", r"text\.attn_mask"]
+
+
+def fuse_qkv(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``*.attn.{q,k,v}.{weight,bias}`` -> ``*.attn.qkv.*``, concatenated along the output dimension."""
+    out = {}
+    for key, value in sd.items():
+        prefix, dot, leaf = key.rpartition(".")
+        if prefix.endswith(".attn.q"):
+            base = prefix[: -len(".q")]
+            out[f"{base}.qkv.{leaf}"] = torch.cat([sd[f"{base}.{n}.{leaf}"] for n in "qkv"])
+        elif not (prefix.endswith(".attn.k") or prefix.endswith(".attn.v")):
+            out[key] = value
+    return out
+
+
+def from_transformers(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A transformers ``CLIPModel`` state dict -> ours."""
+    from zoo.weights import rename
+    return fuse_qkv(rename(sd, TRANSFORMERS_CLIP))
+
+
+def from_open_clip(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """An open_clip ``CLIP`` state dict -> ours."""
+    from zoo.weights import rename
+    sd = rename(sd, OPEN_CLIP)
+    for key in ("visual.proj.weight", "text.proj.weight"):
+        if key in sd:
+            sd[key] = sd[key].T.contiguous()  # open_clip multiplies x @ P; nn.Linear stores P.T
+    return sd
