@@ -115,12 +115,19 @@ DenoiseFn = Callable[[Tensor, Tensor], Tensor]
 
 @dataclass
 class StepInfo:
-    """What a sampler reports after each step to a ``callback``: step index, sigma, current x, and D(x)."""
+    """What a sampler reports to a ``callback`` after each step.
+
+    ``step``: 0-based step index; ``sigma``: the noise level the step started from; ``x``: the sample after the
+    step, at ``sigma_next``; ``denoised``: the step's estimate of x0 (``D`` at the step's start on a fixed grid;
+    at its end for ``ode-rk45``, whose last stage is evaluated there). Samplers on a fixed grid may leave
+    ``sigma_next`` as None, meaning ``sigmas[step + 1]``; adaptive ones set it, since their steps are their own.
+    """
 
     step: int
     sigma: float
     x: Tensor
     denoised: Tensor
+    sigma_next: float | None = None
 
 
 class NoiseSampler(Protocol):
@@ -133,7 +140,12 @@ class Sampler(ABC):
 
     Samplers are schedule-agnostic: they see only ``D(x, sigma)``, the sigma grid, and the signal scale
     ``a(sigma)`` of the sampling space (1 for VE, ``1 - sigma`` for flow; only stochastic and multistep
-    methods need it). ``x`` starts as ``noise * schedule.prior_scale()``.
+    methods need it). ``x`` starts as ``noise * schedule.prior_scale(sigmas[0])``.
+
+    Sigmas may also ascend (``DiffusionPipeline.invert``): deterministic methods then run the same ODE
+    backwards. A stochastic method reached with ``noise_sampler=None`` through :class:`FunctionSampler` gets
+    ``torch.randn_like`` noise; ``invert`` instead passes a noise sampler that refuses, so a sampler that would
+    inject noise (DDPM, Euler ancestral, DDIM with eta > 0) cannot be used to invert.
     """
 
     #: the name users pass as ``sampler=`` (lowercase, dashes).
@@ -155,7 +167,8 @@ class Sampler(ABC):
             sigmas: ``(steps + 1,)`` float64, descending; the last entry is usually 0.
             signal_scale: ``a(sigma)`` of the sampling space.
             noise_sampler: fresh N(0, I) noise for stochastic steps.
-            callback: called after every step with a :class:`StepInfo`; may raise StopIteration to end early.
+            callback: called after every step with a :class:`StepInfo`; may raise any exception to end sampling
+                (``DiffusionPipeline`` turns the user's StopIteration into an early return).
         Returns:
             ``(N, C, H, W)``: the sample at ``sigmas[-1]``, in sampling space.
         """

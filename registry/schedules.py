@@ -24,6 +24,7 @@ import math
 from abc import ABC, abstractmethod
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -59,9 +60,13 @@ class NoiseSchedule(ABC):
         """``a(sigma)``: the weight of x0 in a sampling-space point (1 in VE space, 1 - sigma for flow)."""
         return torch.ones_like(sigma) if self.space == "ve" else 1 - sigma
 
-    def prior_scale(self) -> float:
-        """What standard-normal noise is multiplied by to start sampling at sigma_max (EDM: sigma_max; flow: 1)."""
-        return self.sigma_max if self.space == "ve" else 1.0
+    def prior_scale(self, sigma: float | Tensor) -> float:
+        """What standard-normal noise is multiplied by to start sampling at ``sigma`` (the grid's first sigma).
+
+        EDM/VE: ``sigma`` (k-diffusion); flow: 1 (pure noise, as diffusers starts). Variance-preserving
+        schedules override this with ``sqrt(1 + sigma**2)``: unit noise in the model's own space.
+        """
+        return float(sigma) if self.space == "ve" else 1.0
 
     @abstractmethod
     def input_scale(self, sigma: Tensor) -> Tensor:
@@ -83,6 +88,15 @@ class NoiseSchedule(ABC):
         """Karras et al.'s grid over this schedule's range, with a final 0."""
         return torch.cat([karras_sigmas(steps, self.sigma_min, self.sigma_max, rho), torch.zeros(1, dtype=torch.float64)])
 
+    def exponential(self, steps: int) -> Tensor:
+        """``steps`` sigmas uniform in log sigma over this schedule's range, with a final 0.
+
+        For VP models that is uniform in log-SNR, the grid DPM-Solver (Lu et al. 2022) recommends for
+        low-resolution data; k-diffusion's ``get_sigmas_exponential``, diffusers' ``use_exponential_sigmas``.
+        """
+        log_sigmas = torch.linspace(math.log(self.sigma_max), math.log(self.sigma_min), steps, dtype=torch.float64)
+        return torch.cat([log_sigmas.exp(), torch.zeros(1, dtype=torch.float64)])
+
 
 class DiscreteVPSchedule(NoiseSchedule):
     """DDPM's schedule: ``T`` discrete steps with cumulative products ``alphas_cumprod`` (Ho et al. 2020).
@@ -90,6 +104,14 @@ class DiscreteVPSchedule(NoiseSchedule):
     Sampling-space sigma of step ``t`` is ``sqrt((1 - abar_t) / abar_t)``. Sigmas between grid points map to
     fractional ``t`` by interpolation in log-sigma (as k-diffusion does); sigmas on the grid map to the exact
     integer, so a sampler that walks the DDPM grid feeds the model the very timesteps diffusers would.
+
+    Grids (tests/test_sampler_parity.py checks them against diffusers): ``sigmas(steps, spacing)`` is
+    DDIMScheduler's and DDPMScheduler's grid for all three spacings, and EulerDiscrete's, EulerAncestral's and
+    Heun's for ``leading`` and ``trailing`` (DPM-Solver's too for ``trailing``); ``karras`` and ``exponential``
+    are EulerDiscrete's and Heun's ``use_karras_sigmas`` / ``use_exponential_sigmas``. Not reproduced:
+    the Euler family's ``linspace`` (fractional timesteps whose sigmas are interpolated linearly in sigma,
+    while its own Karras path interpolates in log sigma), DPM-Solver's ``leading``/``linspace`` (N + 1 points
+    spaced, t = 0 dropped) and its Karras/exponential grids (integer timesteps fed with unrounded sigmas).
     """
 
     space = "ve"
@@ -139,10 +161,18 @@ class DiscreteVPSchedule(NoiseSchedule):
     def sigma_max(self) -> float:
         return float(self.grid[-1])
 
+    def prior_scale(self, sigma: float | Tensor) -> float:
+        # x_T ~ N(0, I) in model space, as DDPM/DDIM start; in sampling space that is sqrt(1 + sigma^2) * noise.
+        return math.sqrt(1 + float(sigma) ** 2)
+
     def input_scale(self, sigma: Tensor) -> Tensor:
         return (sigma**2 + 1).rsqrt()
 
     def sigma_to_t(self, sigma: Tensor) -> Tensor:
+        if sigma.numel() > 1:  # a batch usually shares one sigma: search the grid once per distinct value
+            unique, index = sigma.unique(return_inverse=True)
+            if unique.numel() < sigma.numel():
+                return self.sigma_to_t(unique)[index]
         log_sigma = sigma.to(torch.float64).clamp_min(self.sigma_min).log()
         dists = log_sigma.reshape(-1, 1) - self.log_grid.to(log_sigma.device)
         nearest = dists.abs().argmin(dim=1)
@@ -161,20 +191,25 @@ class DiscreteVPSchedule(NoiseSchedule):
         return ((1 - w) * grid[low] + w * grid[high]).exp()
 
     def timesteps(self, steps: int, spacing: str | None = "leading") -> Tensor:
-        """The integer DDPM steps a ``steps``-step sampler visits, descending (diffusers' three spacings)."""
+        """The integer DDPM steps a ``steps``-step sampler visits, descending.
+
+        diffusers' three spacings (Lin et al. 2023, table 2), computed with numpy exactly as DDIMScheduler and
+        DDPMScheduler compute them: float rounding decides some grids (``linspace`` at 27 steps, ``trailing``
+        at 48), so torch's own ``arange``/``linspace`` would not do.
+        """
         T = self.num_train_timesteps
-        if steps > T:
-            raise ValueError(f"steps={steps} is more than the {T} training steps of this schedule")
+        if not 1 <= steps <= T:
+            raise ValueError(f"steps must be between 1 and the {T} training steps of this schedule, got {steps}")
         spacing = spacing or "leading"
         if spacing == "leading":  # DDIM paper / diffusers default
-            ts = torch.arange(steps) * (T // steps) + self.steps_offset
+            ts = np.arange(0, steps)[::-1] * (T // steps) + self.steps_offset
         elif spacing == "trailing":  # "Common diffusion noise schedules are flawed" (Lin et al. 2023)
-            ts = torch.arange(T, 0, -T / steps).round().long().flip(0) - 1
+            ts = np.round(np.arange(T, 0, -T / steps)).astype(np.int64) - 1
         elif spacing == "linspace":
-            ts = torch.linspace(0, T - 1, steps, dtype=torch.float64).round().long()
+            ts = np.linspace(0, T - 1, steps).round()[::-1].astype(np.int64)
         else:
             raise ValueError(f"unknown spacing {spacing!r}: use 'leading', 'trailing' or 'linspace'")
-        return ts.flip(0)
+        return torch.from_numpy(ts.copy())
 
     def final_sigma(self) -> float:
         return 0.0 if self.final_alpha_cumprod is not None else self.sigma_min
@@ -188,7 +223,12 @@ class FlowSchedule(NoiseSchedule):
     """Rectified flow (Liu et al. 2022; SD3, Esser et al. 2024): ``x_t = (1 - t) x0 + t eps``, t in [0, 1].
 
     The model's time variable is ``t * num_train_timesteps`` (SD3 feeds 0..1000). ``shift`` is SD3's
-    resolution-dependent timestep shift ``t' = shift * t / (1 + (shift - 1) * t)``, applied to the grid.
+    resolution-dependent timestep shift ``t' = shift * t / (1 + (shift - 1) * t)``, applied to the grid only.
+    In odds it is a plain rescaling, ``t' / (1 - t') = shift * t / (1 - t)``: the noise-to-signal ratio of every
+    grid point is multiplied by ``shift``, so shifts compose by multiplication.
+
+    The grid is FlowMatchEulerDiscreteScheduler's: ``steps`` points linear in t from 1 down to
+    ``shift(1 / T)`` (diffusers' ``sigma_min``, which is already shifted once), shifted, then a final 0.
     """
 
     space = "flow"
@@ -201,9 +241,14 @@ class FlowSchedule(NoiseSchedule):
     def from_scheduler_config(cls, config: dict) -> "FlowSchedule":
         return cls(config.get("num_train_timesteps", 1000), config.get("shift", 1.0))
 
+    def with_shift(self, shift: float) -> "FlowSchedule":
+        """The same schedule with another grid shift (the model's time variable does not depend on it)."""
+        return type(self)(self.num_train_timesteps, shift)
+
     @property
     def sigma_min(self) -> float:
-        return 1.0 / self.num_train_timesteps
+        """The lowest positive sigma of the default grid: ``1 / T`` shifted twice, as diffusers' grid ends."""
+        return float(self.shifted(self.shifted(torch.tensor(1.0 / self.num_train_timesteps, dtype=torch.float64))))
 
     @property
     def sigma_max(self) -> float:
@@ -222,14 +267,12 @@ class FlowSchedule(NoiseSchedule):
         return self.shift * t / (1 + (self.shift - 1) * t)
 
     def sigmas(self, steps: int, spacing: str | None = None) -> Tensor:
-        # FlowMatchEulerDiscreteScheduler: linspace over model time, then shift, then a final 0.
-        T = self.num_train_timesteps
-        t = torch.linspace(1.0, 1.0 / T, steps, dtype=torch.float64)
+        lowest = float(self.shifted(torch.tensor(1.0 / self.num_train_timesteps, dtype=torch.float64)))
+        t = torch.from_numpy(np.linspace(1.0, lowest, steps))  # numpy's linspace, as diffusers computes it
         return torch.cat([self.shifted(t), torch.zeros(1, dtype=torch.float64)])
 
-    def karras(self, steps: int, rho: float = 7.0) -> Tensor:
-        return torch.cat([self.shifted(karras_sigmas(steps, self.sigma_min, self.sigma_max, rho)),
-                          torch.zeros(1, dtype=torch.float64)])
+    # karras(): the base class's, over [sigma_min, 1] of the shifted grid, which is what
+    # FlowMatchEulerDiscreteScheduler(use_karras_sigmas=True) does (Karras spacing of the already shifted range).
 
 
 class EDMSchedule(NoiseSchedule):

@@ -2,15 +2,21 @@
 
 Every sampler works in the schedule's sampling space (see ``zoo.registry.schedules``): ``x = a(sigma)*x0 +
 sigma*eps`` with ``a = 1`` for variance-preserving models sampled in EDM's VE space and ``a = 1 - sigma`` for
-rectified flow. ``x`` arrives as ``noise * schedule.prior_scale()`` at ``sigmas[0]``.
+rectified flow. ``x`` arrives as ``noise * schedule.prior_scale(sigmas[0])`` at ``sigmas[0]``.
+
+A third-party package adds samplers the same way: a module with a ``zoo_samplers`` hook, listed under the
+``zoo`` entry-point group (see docs/samplers-contributing.md).
 """
 from __future__ import annotations
 
 from zoo.registry import hookimpl
 
 from .ddpm import ddim, ddpm
+from .dpm_solver import dpmpp_2m
+from .euler import euler, euler_ancestral, flow_euler, heun
+from .ode import ode_rk45
 
-SAMPLERS = [ddpm, ddim]
+SAMPLERS = [ddpm, ddim, euler, euler_ancestral, heun, dpmpp_2m, flow_euler, ode_rk45]
 
 
 @hookimpl

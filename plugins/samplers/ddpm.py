@@ -9,7 +9,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from zoo.registry import StepInfo, sampler
+from zoo.registry import sampler
+
+from .common import report
 
 
 def _eps(x: Tensor, x0: Tensor, sigma: Tensor, a: Tensor) -> Tensor:
@@ -39,8 +41,7 @@ def ddim(denoise, x, sigmas, *, signal_scale, callback=None, noise_sampler=None,
         x = a_next * x0 + (sigma_next**2 - std**2).clamp_min(0).sqrt() * eps
         if eta > 0 and sigma_next > 0:
             x = x + std * noise_sampler(sigma, sigma_next)
-        if callback is not None:
-            callback(StepInfo(i, float(sigma), x, x0))
+        report(callback, i, sigma, x, x0)
     return x
 
 
@@ -73,6 +74,5 @@ def ddpm(denoise, x, sigmas, *, signal_scale, callback=None, noise_sampler=None,
                 raise ValueError(f"unknown variance {variance!r}: use 'fixed_small' or 'fixed_large'")
             mean = mean + var.clamp_min(1e-20).sqrt() * noise_sampler(sigma, sigma_next)
         x = mean
-        if callback is not None:
-            callback(StepInfo(i, float(sigma), x, x0))
+        report(callback, i, sigma, x, x0)
     return x
