@@ -218,9 +218,11 @@ def _first_line(exc: BaseException | None) -> str:
 
 
 def _check_local_dir(entry: ModelEntry, root: Path) -> Path:
+    """Accept a folder holding the entry's files at its root, or one level down, as a diffusers pipeline saves
+    its components (``unet/config.json``, ``scheduler/scheduler_config.json``); the builder picks the layout."""
     for slot in entry.files:
         names = _alternatives(slot)
-        if not any((root / n).is_file() for n in names):
+        if not any((root / n).is_file() or any(root.glob(f"*/{n}")) for n in names):
             raise MissingFileError(f"{root} holds none of {', '.join(names)}, which {entry.name!r} needs "
                                    f"(expected the Hub layout of {entry.repo_id or 'the entry'}).")
     return root

@@ -1,0 +1,147 @@
+"""From a diffusers-format DDPM folder to a ready :class:`zoo.diffusion.DiffusionPipeline`.
+
+A folder holds ``config.json`` (the U-Net), ``scheduler_config.json`` (betas, prediction type, clipping,
+variance) and ``diffusion_pytorch_model.safetensors`` or ``.bin``, either at its root (the google/ddpm-* repos,
+zoo's ddpm-digits) or in ``unet/`` and ``scheduler/`` subfolders (what ``DDPMPipeline.save_pretrained`` writes).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from zoo.diffusion import DiffusionPipeline
+from zoo.errors import MissingFileError
+from zoo.hub import pick
+from zoo.registry import DiscreteVPSchedule, Denoiser, ModelEntry
+from zoo.weights import load_into, load_state_dict, read_json, rename
+
+from .unet import LEGACY_ATTENTION_RENAMES, UNet2DConfig, UNet2DModel
+
+WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+
+# The published configs of the google/ddpm-* repos (see shared NOTES: cifar10-32 and the 256 family share
+# everything but channels, depth and the variance), so `pretrained=False` builds the architecture offline.
+_GOOGLE_UNET = {
+    "act_fn": "silu", "attention_head_dim": None, "center_input_sample": False, "downsample_padding": 0,
+    "flip_sin_to_cos": False, "freq_shift": 1, "in_channels": 3, "out_channels": 3, "layers_per_block": 2,
+    "mid_block_scale_factor": 1, "norm_eps": 1e-6, "norm_num_groups": 32, "time_embedding_type": "positional",
+}
+CIFAR10_UNET = {**_GOOGLE_UNET, "sample_size": 32, "block_out_channels": [128, 256, 256, 256],
+                "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"],
+                "up_block_types": ["UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"]}
+LSUN256_UNET = {**_GOOGLE_UNET, "sample_size": 256, "block_out_channels": [128, 128, 256, 256, 512, 512],
+                "down_block_types": ["DownBlock2D"] * 4 + ["AttnDownBlock2D", "DownBlock2D"],
+                "up_block_types": ["UpBlock2D", "AttnUpBlock2D"] + ["UpBlock2D"] * 4}
+_GOOGLE_SCHEDULER = {"beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear", "clip_sample": True,
+                     "num_train_timesteps": 1000, "trained_betas": None}
+PUBLISHED_CONFIGS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "google/ddpm-cifar10-32": (CIFAR10_UNET, {**_GOOGLE_SCHEDULER, "variance_type": "fixed_large"}),
+    **{f"google/ddpm-{name}-256": (LSUN256_UNET, {**_GOOGLE_SCHEDULER, "variance_type": "fixed_small"})
+       for name in ("celebahq", "church", "bedroom", "cat")},
+}
+
+#: diffusers' ``prediction_type`` -> zoo's name for the same parameterisation.
+PREDICTION_TYPES = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
+
+
+class DDPMDenoiser(Denoiser):
+    """A DDPM U-Net with the schedule it was trained on and what it predicts (``eps`` for google/ddpm-*)."""
+
+    def __init__(self, unet: UNet2DModel, schedule: DiscreteVPSchedule, prediction: str = "eps"):
+        super().__init__()
+        self.unet = unet
+        self.schedule = schedule
+        self.prediction = prediction  # type: ignore[assignment]
+
+    def forward(self, x_t: Tensor, t: Tensor, **cond: Any) -> Tensor:
+        """``x_t (N, C, H, W)`` at DDPM step ``t (N,)`` -> the U-Net's output ``(N, C, H, W)``."""
+        if cond:
+            raise TypeError(f"DDPM models are unconditional; got conditioning {sorted(cond)}")
+        return self.unet(x_t, t)
+
+
+def prediction_from_config(scheduler_config: dict[str, Any]) -> str:
+    """diffusers' ``prediction_type`` (absent means epsilon, as in every pre-0.8 scheduler config) -> zoo's."""
+    kind = scheduler_config.get("prediction_type") or "epsilon"
+    if kind not in PREDICTION_TYPES:
+        raise ValueError(f"scheduler_config.json: unknown prediction_type {kind!r} "
+                         f"(supported: {', '.join(PREDICTION_TYPES)})")
+    return PREDICTION_TYPES[kind]
+
+
+def sampler_defaults(scheduler_config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """What the checkpoint's scheduler config says about sampling, as options of zoo's ddim/ddpm samplers.
+
+    diffusers' DDPM and DDIM schedulers clip the x0 estimate to ``[-clip_sample_range, clip_sample_range]``
+    when ``clip_sample`` (default true); DDPM's ``variance_type`` picks the posterior variance.
+    """
+    clip = float(scheduler_config.get("clip_sample_range", 1.0)) if scheduler_config.get("clip_sample", True) else None
+    variance = scheduler_config.get("variance_type") or "fixed_small"
+    # fixed_small_log is fixed_small computed through a log: the same standard deviation.
+    variance = "fixed_small" if variance == "fixed_small_log" else variance
+    return {"ddim": {"clip_denoised": clip}, "ddpm": {"variance": variance, "clip_denoised": clip}}
+
+
+def _layout(files: Path) -> tuple[Path, Path]:
+    """(folder of config.json + weights, folder of scheduler_config.json): root layout, else subfolders."""
+    if (files / "config.json").is_file():
+        return files, files
+    if (files / "unet" / "config.json").is_file():
+        return files / "unet", files / "scheduler"
+    raise MissingFileError(f"{files} holds neither config.json nor unet/config.json: not a DDPM folder in Hub layout")
+
+
+def load_unet(files: Path, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> UNet2DModel:
+    """Build the U-Net from ``config.json`` and load its weights (safetensors first, else the ``.bin``).
+
+    Legacy attention names are converted, then every key and shape is checked (strict): a file for another
+    config fails here with the offending keys named. The model is built on the meta device and the file's
+    tensors assigned, so no memory or time goes into a random initialisation that would be overwritten.
+    """
+    unet_dir, _ = _layout(files)
+    cfg = UNet2DConfig.from_dict(read_json(unet_dir / "config.json"))
+    weights = pick(unet_dir, WEIGHT_FILES)
+    state = rename(load_state_dict(weights), LEGACY_ATTENTION_RENAMES)
+    # Very old conversions stored the attention projections as 1x1 convs [C, C, 1, 1]; the network uses Linear.
+    state = {k: v.flatten(1) if ".attentions." in k and k.endswith(".weight") and v.ndim == 4 else v
+             for k, v in state.items()}
+    with torch.device("meta"):
+        unet = UNet2DModel(cfg)
+    load_into(unet, state, source=str(weights))
+    return unet.to(device=device, dtype=dtype).eval()
+
+
+def build_pipeline(entry: ModelEntry, files: Path | None, *, device: torch.device | str = "cpu",
+                   dtype: torch.dtype = torch.float32, **kwargs: Any) -> DiffusionPipeline:
+    """The registry's builder for every DDPM entry: files in Hub layout -> a DiffusionPipeline.
+
+    ``files=None`` (``zoo.create(..., pretrained=False)``) builds the architecture with random weights from
+    the published configs above (or, for a model zoo trains itself, those of its shipped folder).
+    """
+    if kwargs:
+        raise TypeError(f"{entry.name}: unknown option(s) {', '.join(sorted(kwargs))}; DDPM models take only "
+                        f"weights=, device= and dtype=")
+    if files is None:
+        if entry.local_dir is not None:
+            folder = Path(entry.local_dir)
+            unet_cfg, sched_cfg = read_json(folder / "config.json"), read_json(folder / "scheduler_config.json")
+        elif entry.repo_id in PUBLISHED_CONFIGS:
+            unet_cfg, sched_cfg = PUBLISHED_CONFIGS[entry.repo_id]
+        else:
+            raise MissingFileError(f"{entry.name}: no known config to build without weights; pass weights=")
+        unet = UNet2DModel(UNet2DConfig.from_dict(unet_cfg)).to(device=device, dtype=dtype).eval()
+    else:
+        files = Path(files)
+        _, sched_dir = _layout(files)
+        sched_cfg = read_json(sched_dir / "scheduler_config.json")
+        unet = load_unet(files, device=device, dtype=dtype)
+    denoiser = DDPMDenoiser(unet, DiscreteVPSchedule.from_scheduler_config(sched_cfg),
+                            prediction_from_config(sched_cfg))
+    cfg = unet.config
+    return DiffusionPipeline(
+        denoiser, (cfg.in_channels, *cfg.image_size), sampler_defaults=sampler_defaults(sched_cfg),
+        default_sampler=entry.config.get("default_sampler", "ddim"),
+        default_steps=entry.config.get("default_steps", 50), name=entry.name)
