@@ -1,7 +1,7 @@
 """The ``zoo`` command: list, info, download, sample, train, classify, embed, zero-shot, samplers, plugins.
 
-Each sub-command is a few lines over the Python API; errors zoo raises on purpose are printed as one line
-(exit status 2), anything else keeps its traceback.
+Each sub-command is a few lines over the Python API; errors zoo raises on purpose and bad input (a missing file,
+an invalid value) are printed as one line (exit status 2), anything else keeps its traceback.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 
 import zoo
 from zoo.errors import ZooError
@@ -103,9 +104,24 @@ def _needs(model, method: str, name: str):
     return getattr(model, method)
 
 
+def _image_files(paths: Sequence[str]) -> list[str]:
+    """The IMAGE arguments, checked before any model is loaded (a typo should not cost a download)."""
+    from PIL import Image, UnidentifiedImageError
+
+    for path in paths:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"image file not found: {path}")
+        try:
+            Image.open(path).close()  # reads the header only
+        except UnidentifiedImageError:
+            raise ValueError(f"{path} is not an image file PIL can read") from None
+    return list(paths)
+
+
 def cmd_classify(args: argparse.Namespace) -> None:
+    images = _image_files(args.images)
     model = zoo.create(args.name, weights=args.weights, **_device_dtype(args))
-    results = _needs(model, "classify", args.name)(args.images, top_k=args.top_k)
+    results = _needs(model, "classify", args.name)(images, top_k=args.top_k)
     for image, top in zip(args.images, results):
         print(image)
         for label, p in top:
@@ -113,9 +129,12 @@ def cmd_classify(args: argparse.Namespace) -> None:
 
 
 def cmd_zero_shot(args: argparse.Namespace) -> None:
-    model = zoo.create(args.name, weights=args.weights, **_device_dtype(args))
+    images = _image_files(args.images)
     labels = [s.strip() for s in args.labels.split(",") if s.strip()]
-    probs = _needs(model, "zero_shot", args.name)(args.images, labels)
+    if not labels:
+        raise ValueError(f'--labels {args.labels!r} holds no label: give them comma-separated, e.g. "a cat,a dog"')
+    model = zoo.create(args.name, weights=args.weights, **_device_dtype(args))
+    probs = _needs(model, "zero_shot", args.name)(images, labels)
     for image, row in zip(args.images, probs):
         print(image)
         for label, p in sorted(zip(labels, row.tolist()), key=lambda lp: -lp[1]):
@@ -127,24 +146,55 @@ def cmd_embed(args: argparse.Namespace) -> None:
 
     if not args.images and not args.text:
         raise ZooError("zoo embed needs at least one IMAGE or --text T")
+    images = _image_files(args.images)
+    folder = Path(args.out).resolve().parent
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--out {args.out}: folder {folder} does not exist")
     model = zoo.create(args.name, weights=args.weights, **_device_dtype(args))
     out: dict[str, torch.Tensor] = {}
-    if args.images:
-        if hasattr(model, "encode_image"):
-            out["image_embeds"] = model.encode_image(model.preprocess(args.images), normalize=args.normalize)
-        else:
-            out["image_features"] = _needs(model, "encode", args.name)(model.preprocess(args.images))
-    if args.text:
-        out["text_embeds"] = _needs(model, "encode_text", args.name)(args.text, normalize=args.normalize)
-    metadata = {"model": args.name, "images": json.dumps(args.images), "texts": json.dumps(args.text)}
+    with torch.inference_mode():
+        if images:
+            if hasattr(model, "encode_image"):
+                out["image_embeds"] = model.encode_image(model.preprocess(images), normalize=args.normalize)
+            else:  # an image classifier: its pooled features
+                features = _needs(model, "encode", args.name)(model.preprocess(images))
+                out["image_features"] = F.normalize(features, dim=-1) if args.normalize else features
+        if args.text:
+            out["text_embeds"] = _needs(model, "encode_text", args.name)(args.text, normalize=args.normalize)
+    metadata = {"model": args.name, "images": json.dumps(images), "texts": json.dumps(args.text),
+                "normalized": json.dumps(args.normalize)}
     save_file({k: v.detach().float().cpu().contiguous() for k, v in out.items()}, args.out, metadata=metadata)
     print(f"wrote {args.out}: " + ", ".join(f"{k} {tuple(v.shape)}" for k, v in out.items()))
+
+
+class _IntermixedParser(argparse.ArgumentParser):
+    """A sub-command's parser whose positionals may sit between options, as in
+    ``zoo embed NAME --weights DIR cat.png --text T``: argparse's plain parse ends the IMAGE list at the first
+    option and refuses what follows ("unrecognized arguments: cat.png")."""
+
+    _intermixing = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._intermixing:  # parse_known_intermixed_args calls back here (Python < 3.13)
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+
+def _positive(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {n}")
+    return n
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="zoo", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"zoo {zoo.__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_IntermixedParser)
 
     def model_cmd(name: str, fn, help: str) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help, description=help)
@@ -186,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = model_cmd("classify", cmd_classify, "top-k classes of images")
     sp.add_argument("images", nargs="+", metavar="IMAGE")
-    sp.add_argument("--top-k", type=int, default=5)
+    sp.add_argument("--top-k", type=_positive, default=5, metavar="K", help="classes per image (default 5)")
     runtime(sp)
 
     sp = model_cmd("zero-shot", cmd_zero_shot, "zero-shot classification against text labels")
@@ -207,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.fn(args)
-    except ZooError as exc:
+    except (ZooError, FileNotFoundError, ValueError) as exc:
         print(f"zoo: error: {exc}", file=sys.stderr)
         return 2
     return 0
