@@ -116,13 +116,17 @@ class DiscreteVPSchedule(NoiseSchedule):
 
     space = "ve"
 
-    def __init__(self, alphas_cumprod: Tensor, *, steps_offset: int = 0, final_alpha_cumprod: float | None = 1.0):
+    def __init__(self, alphas_cumprod: Tensor, *, steps_offset: int = 0, final_alpha_cumprod: float | None = 1.0,
+                 default_spacing: str = "leading"):
         self.alphas_cumprod = alphas_cumprod.to(torch.float64)
         self.num_train_timesteps = len(alphas_cumprod)
         self.steps_offset = steps_offset
         # DDIM's `set_alpha_to_one`: where the last step lands. 1.0 gives sigma 0 (clean data); None lands on
         # abar_0 instead, as DDIMScheduler(set_alpha_to_one=False) does.
         self.final_alpha_cumprod = final_alpha_cumprod
+        if default_spacing not in ("leading", "trailing", "linspace"):
+            raise ValueError(f"unknown timestep spacing {default_spacing!r}: use 'leading', 'trailing' or 'linspace'")
+        self.default_spacing = default_spacing
         self.grid = ((1 - self.alphas_cumprod) / self.alphas_cumprod).sqrt()  # ascending in t
         self.log_grid = self.grid.log()
 
@@ -144,14 +148,19 @@ class DiscreteVPSchedule(NoiseSchedule):
 
     @classmethod
     def from_scheduler_config(cls, config: dict) -> "DiscreteVPSchedule":
-        """Build from a diffusers ``scheduler_config.json`` (DDPMScheduler, DDIMScheduler, PNDM, ...)."""
+        """Build from a diffusers ``scheduler_config.json`` (DDPMScheduler, DDIMScheduler, PNDM, ...).
+
+        ``timestep_spacing``, when the config has one, becomes the default spacing of :meth:`sigmas`.
+        """
+        options = dict(steps_offset=config.get("steps_offset", 0),
+                       final_alpha_cumprod=1.0 if config.get("set_alpha_to_one", True) else None,
+                       default_spacing=config.get("timestep_spacing") or "leading")
         if config.get("trained_betas") is not None:
             betas = torch.tensor(config["trained_betas"], dtype=torch.float32)
-            return cls(torch.cumprod(1.0 - betas, dim=0), steps_offset=config.get("steps_offset", 0))
+            return cls(torch.cumprod(1.0 - betas, dim=0), **options)
         return cls.from_betas(config.get("beta_start", 1e-4), config.get("beta_end", 0.02),
                               config.get("num_train_timesteps", 1000), config.get("beta_schedule", "linear"),
-                              steps_offset=config.get("steps_offset", 0),
-                              final_alpha_cumprod=1.0 if config.get("set_alpha_to_one", True) else None)
+                              **options)
 
     @property
     def sigma_min(self) -> float:
@@ -190,7 +199,7 @@ class DiscreteVPSchedule(NoiseSchedule):
         grid = self.log_grid.to(t.device)
         return ((1 - w) * grid[low] + w * grid[high]).exp()
 
-    def timesteps(self, steps: int, spacing: str | None = "leading") -> Tensor:
+    def timesteps(self, steps: int, spacing: str | None = None) -> Tensor:
         """The integer DDPM steps a ``steps``-step sampler visits, descending.
 
         diffusers' three spacings (Lin et al. 2023, table 2), computed with numpy exactly as DDIMScheduler and
@@ -200,7 +209,7 @@ class DiscreteVPSchedule(NoiseSchedule):
         T = self.num_train_timesteps
         if not 1 <= steps <= T:
             raise ValueError(f"steps must be between 1 and the {T} training steps of this schedule, got {steps}")
-        spacing = spacing or "leading"
+        spacing = spacing or self.default_spacing
         if spacing == "leading":  # DDIM paper / diffusers default
             ts = np.arange(0, steps)[::-1] * (T // steps) + self.steps_offset
         elif spacing == "trailing":  # "Common diffusion noise schedules are flawed" (Lin et al. 2023)
@@ -214,7 +223,7 @@ class DiscreteVPSchedule(NoiseSchedule):
     def final_sigma(self) -> float:
         return 0.0 if self.final_alpha_cumprod is not None else self.sigma_min
 
-    def sigmas(self, steps: int, spacing: str | None = "leading") -> Tensor:
+    def sigmas(self, steps: int, spacing: str | None = None) -> Tensor:
         ts = self.timesteps(steps, spacing)
         return torch.cat([self.grid[ts], torch.tensor([self.final_sigma()], dtype=torch.float64)])
 

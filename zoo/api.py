@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import inspect
 import os
 from functools import lru_cache
 from typing import Any
@@ -11,7 +12,7 @@ import torch
 
 from zoo.registry import ModelEntry, Registry, Sampler, build_registry
 
-from .errors import UnknownModelError
+from .errors import UnknownModelError, ZooError
 
 
 @lru_cache(maxsize=1)
@@ -52,7 +53,7 @@ def info(name: str) -> dict[str, Any]:
 
 
 def list_samplers(pattern: str = "*") -> list[str]:
-    return sorted(n for n in registry().samplers if fnmatch.fnmatchcase(n, pattern))
+    return sorted(n for n in registry().samplers if fnmatch.fnmatchcase(n, pattern.lower()))
 
 
 def get_sampler(name: str) -> Sampler:
@@ -82,13 +83,34 @@ def create(name: str, *, weights: str | os.PathLike | None = None, pretrained: b
     from . import hub
 
     entry = get_entry(name)
+    _check_options(entry, kwargs)
+    if weights is not None and not pretrained:
+        raise ZooError(f"create({name!r}, weights=..., pretrained=False): pretrained=False builds random weights, "
+                       f"so weights= would be ignored; drop one of them")
     device = torch.device(device) if device is not None else default_device()
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ZooError(f"device={str(device)!r} was asked for, but this torch build sees no CUDA GPU "
+                       f"(torch {torch.__version__}); use device='cpu', or leave device unset to pick one")
     if isinstance(dtype, str):
         dtype = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
                  "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp64": torch.float64,
                  "float64": torch.float64}.get(dtype.lower()) or _bad_dtype(dtype)
     files = hub.fetch(entry, weights) if pretrained else None
     return entry.build(entry, files, device=device, dtype=dtype or torch.float32, **kwargs)
+
+
+def _check_options(entry: ModelEntry, kwargs: dict[str, Any]) -> None:
+    """Builder options are family-specific: name the unknown ones and list what the family accepts."""
+    params = inspect.signature(entry.build).parameters
+    if not kwargs or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = [n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY
+                and n not in ("device", "dtype")]
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise TypeError(f"create({entry.name!r}): unknown option(s) {', '.join(unknown)}; the {entry.family} family "
+                        f"accepts {', '.join(accepted) or 'no options'} besides weights=, pretrained=, device= and "
+                        f"dtype= (see `zoo info {entry.name}`)")
 
 
 def _bad_dtype(dtype: str):

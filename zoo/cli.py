@@ -81,7 +81,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     options = {"eta": args.eta} if args.eta is not None else {}
     start = time.perf_counter()
     images = pipe.sample(args.n, steps=args.steps, sampler=args.sampler, generator=generator,
-                         schedule=args.schedule, **options)
+                         schedule=args.schedule, spacing=args.spacing, **options)
     seconds = time.perf_counter() - start
     save_grid(images, args.output)
     print(f"wrote {args.output}: {args.n} samples from {args.name} in {seconds:.1f} s")
@@ -223,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-n", type=int, default=16, help="number of samples (default 16)")
     sp.add_argument("--steps", type=int, help="sampler steps (default: the model's)")
     sp.add_argument("--sampler", help="see `zoo samplers` (default: the model's)")
-    sp.add_argument("--schedule", help="'default' or 'karras'")
+    sp.add_argument("--schedule", help="sigma grid: 'default' (the checkpoint's), 'karras' or 'exponential'")
+    sp.add_argument("--spacing", help="timesteps of the default DDPM grid: leading, trailing or linspace")
     sp.add_argument("--eta", type=float, help="DDIM eta")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("-o", "--output", default="samples.png")

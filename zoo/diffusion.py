@@ -36,7 +36,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from zoo.registry import DenoiseFn, Denoiser, Sampler, StepInfo
+from zoo.registry import DenoiseFn, Denoiser, Sampler, StepInfo, check_image_batch
 
 Callback = Callable[[StepInfo], None]
 ClassifierGrad = Callable[[Tensor, Tensor], Tensor]
@@ -75,6 +75,22 @@ class _EarlyStop(Exception):
 def _refuse_noise(sigma: Tensor, sigma_next: Tensor) -> Tensor:
     raise ValueError("this sampler injects fresh noise with these settings and so cannot invert; use a "
                      "deterministic one: 'ode-rk45', 'ddim' (eta=0), 'euler', 'heun' or 'dpmpp-2m'")
+
+
+def _check_mode(what: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{what}={value!r}: use {' or '.join(map(repr, allowed))}")
+
+
+def _checked_grid(sigmas: Tensor) -> Tensor:
+    """A user's sigma grid: 1-D, at least two values, strictly descending, finite, ending at >= 0."""
+    sigmas = torch.as_tensor(sigmas).to(torch.float64)
+    if sigmas.ndim != 1 or len(sigmas) < 2:
+        raise ValueError(f"a sigma grid must be a 1-D tensor of at least 2 values, got shape {tuple(sigmas.shape)}")
+    if not bool(torch.isfinite(sigmas).all()) or sigmas[-1] < 0 or not bool((sigmas[1:] < sigmas[:-1]).all()):
+        raise ValueError(f"a sigma grid must be finite, strictly descending and end at 0 or above, got "
+                         f"{sigmas.tolist()}")
+    return sigmas
 
 
 def _col(v: Tensor) -> Tensor:
@@ -150,8 +166,11 @@ class DiffusionPipeline(nn.Module):
                 raise ValueError(f"shift= is the flow-matching timestep shift; this model's schedule is "
                                  f"{type(sched).__name__}, not a flow schedule")
             sched = sched.with_shift(shift)
+        if spacing is not None and schedule not in (None, "default"):
+            raise ValueError(f"spacing={spacing!r} chooses among the default grid's timesteps; it has no meaning "
+                             f"with schedule={schedule if isinstance(schedule, str) else 'a tensor'!r}")
         if isinstance(schedule, Tensor):
-            return schedule.to(torch.float64)
+            return _checked_grid(schedule)
         if schedule in (None, "default"):
             return sched.sigmas(steps, spacing) if spacing else sched.sigmas(steps)
         if schedule in ("karras", "exponential"):
@@ -238,6 +257,9 @@ class DiffusionPipeline(nn.Module):
         Returns:
             ``(n, C, H, W)`` float32 on the pipeline's device.
         """
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive number of samples, got {n!r}")
+        _check_mode("output", output, ("images", "raw"))
         impl, options = self._resolve_sampler(sampler, options)
         sigmas = self.sigmas(steps or self.default_steps, schedule, spacing, shift).to(self.device)
         state_dtype = self._state_dtype()
@@ -313,6 +335,11 @@ class DiffusionPipeline(nn.Module):
         Returns:
             ``(N, C, H, W)`` standard-normal-scaled noise in the state dtype (float32, float64 for float64 models).
         """
+        _check_mode("input", input, ("images", "raw"))
+        check_image_batch(images, channels=self.sample_shape[0], size=self.sample_shape[1:], what="images")
+        if input == "images" and (images.min() < 0 or images.max() > 1):
+            raise ValueError(f"images must be in [0, 1] (got [{float(images.min()):.3g}, {float(images.max()):.3g}]); "
+                             f"divide uint8 pixels by 255, or pass input='raw' for model-space tensors in [-1, 1]")
         impl, options = self._resolve_sampler(sampler, options)
         sigmas = self.sigmas(steps or self.default_steps, schedule, spacing, shift).to(self.device)
         x0 = images.to(self.device, self._state_dtype())

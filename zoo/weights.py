@@ -15,13 +15,16 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import Tensor, nn
 
-from .errors import CorruptWeightsError, UnsafeWeightsError, WeightsMismatchError
+from .errors import CorruptWeightsError, MissingFileError, UnsafeWeightsError, WeightsMismatchError
 
 Renames = Iterable[tuple[str, str]]
 """A conversion table: ``(regex, replacement)`` pairs applied in order to every key (``re.sub``, full match)."""
 
 
 def read_json(path: Path) -> dict:
+    if not Path(path).is_file():
+        raise MissingFileError(f"{path} does not exist: the folder is not in the layout this model's repo uses "
+                               f"(expected {Path(path).name} at its root)")
     try:
         return json.loads(Path(path).read_text())
     except json.JSONDecodeError as exc:
