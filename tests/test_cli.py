@@ -1,8 +1,10 @@
 """The `zoo` command end to end, in-process (zoo.cli.main) and as the installed console script."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -77,3 +79,19 @@ def test_create_accepts_dtype_names(dtype):
 def test_create_rejects_unknown_dtype():
     with pytest.raises(ValueError, match="unknown dtype"):
         zoo.create("ddpm-digits", device="cpu", dtype="int7")
+
+
+def test_train_never_overwrites_the_packaged_weights_by_default(tmp_path, monkeypatch, capsys):
+    entry = zoo.get_entry("ddpm-digits")
+    written_to = []
+
+    def record(out, seed=0, **options):  # stands in for the recipe: only where it would write matters here
+        written_to.append(Path(out))
+        return Path(out)
+
+    monkeypatch.setitem(zoo.registry().models, "ddpm-digits", dataclasses.replace(entry, train=record))
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "ddpm-digits", "--steps", "1"]) == 0
+    assert written_to[0].resolve() == (tmp_path / "ddpm-digits").resolve()
+    assert written_to[0].resolve() != Path(entry.local_dir).resolve()
+    assert "--weights" in capsys.readouterr().out

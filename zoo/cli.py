@@ -92,10 +92,12 @@ def cmd_train(args: argparse.Namespace) -> None:
     if entry.train is None:
         raise ZooError(f"{args.name!r} is not trained by zoo (its weights come from {entry.repo_id}); "
                        f"`zoo train` works for: {', '.join(n for n, e in zoo.registry().models.items() if e.train)}")
-    out = Path(args.output) if args.output else Path(entry.local_dir or args.name)
+    # Never the packaged folder by default: a trial run must not replace the shipped, tested weights.
+    out = Path(args.output or args.name)
     options = {"steps": args.steps} if args.steps else {}
     path = entry.train(out, seed=args.seed, **options)
-    print(f"wrote {path}")
+    print(f"wrote {path}; sample from it with `zoo sample {args.name} --weights {path}`"
+          + (f", or copy it over {entry.local_dir} to ship it" if entry.local_dir else ""))
 
 
 def _needs(model, method: str, name: str):
@@ -231,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     runtime(sp)
 
     sp = model_cmd("train", cmd_train, "retrain a model zoo trains itself (e.g. ddpm-digits)")
-    sp.add_argument("-o", "--output", help="output folder (default: the packaged weights folder)")
+    sp.add_argument("-o", "--output", help="output folder (default: ./NAME; the packaged weights are never replaced)")
     sp.add_argument("--steps", type=int, help="training steps (default: the recipe's)")
     sp.add_argument("--seed", type=int, default=0)
 
