@@ -70,19 +70,20 @@ class ImageClassifier(Encoder):
         p = self._param()
         return self.preprocessing(images).to(device=p.device, dtype=p.dtype)
 
-    def _check(self, x: Tensor) -> None:
-        check_image_batch(x, channels=3, size=self.image_size,
-                          what=f"{self.name or type(self).__name__} input (use .preprocess(images))")
+    def _input(self, x: Tensor) -> Tensor:
+        p = self._param()
+        return image_input(x, size=self.image_size, device=p.device, dtype=p.dtype,
+                           name=self.name or type(self).__name__)
 
     def forward(self, x: Tensor) -> Tensor:
-        """``(N, 3, H, W)`` preprocessed -> logits ``(N, classes)``."""
-        self._check(x)
-        return self.model(x)
+        """``(N, 3, H, W)`` preprocessed -> logits ``(N, classes)`` (the batch is moved to the model's device and
+        dtype first, see :func:`image_input`)."""
+        return self.model(self._input(x))
 
     def encode(self, x: Tensor, features: Features = "pooled") -> Tensor | list[Tensor]:
         """``(N, 3, H, W)`` preprocessed -> pooled ``(N, D)``; ``"tokens"`` ``(N, L, D)``;
         ``"stages"`` (hierarchical models) a list of ``(N, C_i, H_i, W_i)``."""
-        self._check(x)
+        x = self._input(x)
         if features == "stages":
             if not self.hierarchical:
                 raise ValueError(f"{self.name or 'this model'} has no feature pyramid (a plain ViT keeps one "
@@ -105,6 +106,23 @@ class ImageClassifier(Encoder):
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, image_size={self.image_size}, classes={len(self.labels)}"
+
+
+def image_input(x: Tensor, *, size: tuple[int, int], device: torch.device, dtype: torch.dtype,
+                name: str) -> Tensor:
+    """The rule every zoo Encoder applies to an image batch before its network sees it.
+
+    ``x`` must be a float ``(N, 3, H, W)`` batch at the encoder's ``size`` (what its ``preprocess`` returns);
+    anything else is a ValueError (TypeError for a non-float or non-tensor input) naming the expected shape.
+    A valid batch is then moved to the model's ``device`` and cast to its ``dtype``, so a float32 CPU batch works
+    on a bfloat16 or CUDA model. (``preprocess`` already returns the model's device and dtype.)
+    """
+    expected = f"(N, 3, {size[0]}, {size[1]})"
+    try:
+        check_image_batch(x, channels=3, size=size, what=f"{name} input")
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{exc}; expected a float {expected} batch, as .preprocess(images) returns") from None
+    return x.to(device=device, dtype=dtype)
 
 
 def class_names(num_classes: int, config: Mapping[str, Any] | None = None) -> list[str]:
@@ -146,7 +164,10 @@ def fuse_qkv(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
             out[key] = value
     for (prefix, kind), qkv in parts.items():
         if set(qkv) != {"q", "k", "v"}:
-            raise WeightsMismatchError(f"{prefix}: found {sorted(qkv)} of the q/k/v {kind} projections, need all three")
+            missing = ", ".join(f"{prefix}.{n}.{kind}" for n in "qkv" if n not in qkv)
+            raise WeightsMismatchError(
+                f"missing {missing} (names after conversion): the checkpoint has only the "
+                f"{'/'.join(sorted(qkv))} {kind} of the query/key/value projections of {prefix}, and all three are needed")
         out[f"{prefix}.qkv.{kind}"] = torch.cat([qkv["q"], qkv["k"], qkv["v"]], dim=0)
     return out
 
@@ -156,13 +177,23 @@ def load_timm_model(model: nn.Module, state_dict: Mapping[str, Tensor], *, sourc
     """Load a converted state dict into a timm model built on the meta device, then place it.
 
     Buffers the checkpoint does not hold (timm's non-persistent ones: Swin's relative position index and
-    shift masks) are computed afresh by timm's own ``init_non_persistent_buffers``.
+    shift masks) are computed afresh by timm's own ``init_non_persistent_buffers``. A module left with such a
+    buffer and no ``init_non_persistent_buffers`` to compute it is refused (its values would be uninitialised
+    memory): a timm version or architecture zoo does not know how to complete.
     """
     load_into(model, state_dict, source=source, ignore=ignore)
-    for module in model.modules():
+    orphans = []  # buffers the checkpoint did not fill, in modules that cannot compute them
+    for module_name, module in model.named_modules():
         for name, buf in list(module.named_buffers(recurse=False)):
             if buf.is_meta:
                 module._buffers[name] = torch.empty_like(buf, device="cpu")
+                if not callable(getattr(module, "init_non_persistent_buffers", None)):
+                    orphans.append(f"{module_name}.{name}" if module_name else name)
+    if orphans:
+        raise WeightsMismatchError(
+            f"{source}: buffers not in the checkpoint and that nothing recomputes (their modules have no "
+            f"init_non_persistent_buffers): {orphans[:8]}; this timm model ({type(model).__name__}) cannot be "
+            f"completed by zoo's loader")
     for module in model.modules():
         if hasattr(module, "init_non_persistent_buffers"):
             module.init_non_persistent_buffers()

@@ -33,6 +33,9 @@ from .diffusion import ClassifierGrad, DiffusionPipeline
 class GaussianMixture:
     """Isotropic Gaussian mixture over ``(C, H, W)`` tensors, float64.
 
+    Its parameters live on the CPU; the methods that take a tensor compute on that tensor's device (in float64,
+    so a device without float64 cannot run them), as :class:`GMMDenoiser` and :func:`sliced_wasserstein` do.
+
     Args:
         means: ``(K, C, H, W)`` component means.
         stds: ``(K,)`` component standard deviations.
@@ -49,6 +52,14 @@ class GaussianMixture:
         self.weights = weights.to(torch.float64) / weights.sum()
         self.labels = torch.arange(k) if labels is None else torch.as_tensor(labels)
         self._quantiles: dict[tuple, tuple[Tensor, Tensor]] = {}
+        self._placed: dict[torch.device, tuple[Tensor, Tensor, Tensor, Tensor]] = {}
+
+    def _on(self, device: torch.device | str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(means, stds, weights, labels)`` on ``device`` (copied once per device, then cached)."""
+        device = torch.device(device)
+        if device not in self._placed:
+            self._placed[device] = tuple(t.to(device) for t in (self.means, self.stds, self.weights, self.labels))
+        return self._placed[device]
 
     @property
     def dim(self) -> int:
@@ -62,28 +73,32 @@ class GaussianMixture:
 
     def _component_log_density(self, x_t: Tensor, alpha: Tensor, sigma_t: Tensor) -> tuple[Tensor, Tensor]:
         """``log pi_k + log N(x_t; alpha mu_k, v_k I)`` ``(N, K)`` and the variances ``v_k`` ``(N, K)``."""
+        means, stds, weights, _ = self._on(x_t.device)
         x = x_t.reshape(len(x_t), 1, -1).to(torch.float64)
-        alpha, sigma_t = alpha.reshape(-1, 1), sigma_t.reshape(-1, 1)
-        var = alpha**2 * self.stds**2 + sigma_t**2  # (N, K)
-        sq = ((x - alpha[..., None] * self.means.reshape(1, len(self.means), -1)) ** 2).sum(-1)
-        return self.weights.log() - 0.5 * sq / var - 0.5 * self.dim * (2 * math.pi * var).log(), var
+        alpha, sigma_t = alpha.to(x.device).reshape(-1, 1), sigma_t.to(x.device).reshape(-1, 1)
+        var = alpha**2 * stds**2 + sigma_t**2  # (N, K)
+        sq = ((x - alpha[..., None] * means.reshape(1, len(means), -1)) ** 2).sum(-1)
+        return weights.log() - 0.5 * sq / var - 0.5 * self.dim * (2 * math.pi * var).log(), var
 
     def _mask(self, logp: Tensor, classes: Tensor | None) -> Tensor:
         """Restrict to the components of each sample's class; class -1 (the null label) keeps them all."""
         if classes is None:
             return logp
-        classes = classes.reshape(-1, 1).to(self.labels.device)
-        keep = (self.labels.reshape(1, -1) == classes) | (classes < 0)
+        labels = self._on(logp.device)[3]
+        classes = classes.reshape(-1, 1).to(logp.device)
+        keep = (labels.reshape(1, -1) == classes) | (classes < 0)
         return logp.masked_fill(~keep, -math.inf)
 
     def posterior_mean(self, x_t: Tensor, alpha: Tensor, sigma_t: Tensor, classes: Tensor | None = None) -> Tensor:
         """``E[x0 | x_t]`` ``(N, C, H, W)`` float64, optionally given each sample's class."""
         logp, var = self._component_log_density(x_t, alpha, sigma_t)
         r = self._mask(logp, classes).softmax(dim=1)  # (N, K)
+        means, stds, _, _ = self._on(x_t.device)
         x = x_t.reshape(len(x_t), 1, -1).to(torch.float64)
+        alpha = alpha.to(x.device)
         a = alpha.reshape(-1, 1, 1)
-        gain = (alpha.reshape(-1, 1) * self.stds**2 / var)[..., None]  # (N, K, 1)
-        means = self.means.reshape(1, len(self.means), -1)
+        gain = (alpha.reshape(-1, 1) * stds**2 / var)[..., None]  # (N, K, 1)
+        means = means.reshape(1, len(means), -1)
         x0 = (r[..., None] * (means + gain * (x - a * means))).sum(1)
         return x0.reshape(x_t.shape)
 
@@ -93,7 +108,8 @@ class GaussianMixture:
         return self._mask(logp, y).logsumexp(1) - logp.logsumexp(1)
 
     def projected_quantiles(self, n: int, projections: int, seed: int) -> tuple[Tensor, Tensor]:
-        """Unit directions ``(P, D)`` and the mixture's exact quantiles along them at ``(i + 0.5) / n``, ``(P, n)``."""
+        """Unit directions ``(P, D)`` and the mixture's exact quantiles along them at ``(i + 0.5) / n``, ``(P, n)``
+        (computed once on the CPU, float64; cached)."""
         key = (n, projections, seed)
         if key not in self._quantiles:
             g = torch.Generator().manual_seed(seed)
@@ -130,10 +146,16 @@ def sliced_wasserstein(x: Tensor, gmm: GaussianMixture, projections: int = 64, s
     Along each of ``projections`` random directions, the 1-D W2 between the sorted projected samples and the
     mixture's exact quantiles; the root mean square over directions. Exact quantiles leave only the samples'
     own finite-N noise: about 0.01 for 4096 draws of :func:`ring` (directions fixed by ``seed``).
+    Computed on ``x``'s device, in float64, whatever ``x``'s dtype.
     """
-    dirs, quantiles = gmm.projected_quantiles(len(x), projections, seed)
+    return float(_sliced_w2(x, gmm, projections, seed))
+
+
+def _sliced_w2(x: Tensor, gmm: GaussianMixture, projections: int, seed: int) -> Tensor:
+    """:func:`sliced_wasserstein` as a 0-dim float64 tensor on ``x``'s device."""
+    dirs, quantiles = (t.to(x.device) for t in gmm.projected_quantiles(len(x), projections, seed))
     proj = (x.reshape(len(x), -1).to(torch.float64) @ dirs.T).T.sort(dim=1).values
-    return float(((proj - quantiles) ** 2).mean().sqrt())
+    return ((proj - quantiles) ** 2).mean().sqrt()
 
 
 def vp_schedule() -> DiscreteVPSchedule:

@@ -154,6 +154,7 @@ def build(fmt: str, entry: ModelEntry, files: Path | None, *, device: torch.devi
         load_into(model, f.convert(load_state_dict(path)), source=f"{entry.name} ({path.name})", ignore=IGNORED)
     model.tokenizer = f.tokenizer(files, cfg) if files is not None else None
     model.transform = f.transform(files, raw, entry, cfg.image_size)
+    model.name = entry.name
     return model.to(device=device, dtype=dtype).eval()
 
 

@@ -19,7 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zoo.registry import Encoder, check_image_batch
+from zoo.classifier import fuse_qkv, image_input
+from zoo.errors import MissingFileError
+from zoo.registry import Encoder
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),  # OpenAI's weights were trained with this approximation
@@ -289,7 +291,9 @@ class ImageTextModel(Encoder):
     """What CLIP and SigLIP share: two towers, their preprocessing and tokenizer, and zero-shot classification.
 
     ``tokenizer`` (strings -> ``(N, L)`` ids) and ``transform`` (images -> ``(N, 3, H, W)``) are attached by the
-    builder from the checkpoint's own files.
+    builder from the checkpoint's own files (the tokenizer only when there are files: ``pretrained=False`` builds
+    none). Like every zoo Encoder, ``preprocess`` returns the model's device and dtype, and ``encode_image`` checks
+    its batch and moves it there (see :func:`zoo.classifier.image_input`).
     """
 
     visual: nn.Module
@@ -298,6 +302,7 @@ class ImageTextModel(Encoder):
     logit_bias: nn.Parameter | None  # set in __init__: a class default would hide the registered parameter
     tokenizer: Callable[[list[str]], Tensor] | None = None
     transform: Callable[[Any], Tensor] | None = None
+    name: str = ""  # the registry entry's name, set by the builder (for messages)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -308,21 +313,27 @@ class ImageTextModel(Encoder):
         return self.logit_scale.device
 
     def preprocess(self, images: Any) -> Tensor:
-        """PIL images, paths, uint8 / float ``[0, 1]`` tensors -> ``(N, 3, H, W)`` float32 model input."""
+        """PIL images, paths, uint8 / float ``[0, 1]`` tensors -> ``(N, 3, H, W)`` model input, on the model's
+        device and in its dtype."""
         if self.transform is None:
             raise RuntimeError("this model has no preprocessing attached (built without its files)")
-        return self.transform(images)
+        return self.transform(images).to(device=self.device, dtype=self.dtype)
 
     def tokenize(self, texts: str | Sequence[str]) -> Tensor:
         """Strings -> ``(N, context_length)`` int64 token ids, with the checkpoint's own tokenizer."""
         if self.tokenizer is None:
-            raise RuntimeError("this model has no tokenizer attached (built with pretrained=False?); pass token ids")
+            name = self.name or "the model"
+            raise MissingFileError(
+                f"{name} has no tokenizer: it was built without its tokenizer files (pretrained=False), so it cannot "
+                f"read text. zoo.create({self.name or 'name'!r}) or weights= a folder holding the tokenizer files "
+                f"gives one; or pass (N, L) int64 token ids")
         return self.tokenizer([texts] if isinstance(texts, str) else list(texts))
 
     def encode_image(self, x: Tensor, normalize: bool = False) -> Tensor:
         """``(N, 3, H, W)`` preprocessed images -> ``(N, E)`` embeddings, L2-normalised on request."""
-        check_image_batch(x, channels=3, size=self.image_size, what="encode_image input")
-        out = self.visual(x.to(device=self.device, dtype=self.dtype))
+        x = image_input(x, size=self.image_size, device=self.device, dtype=self.dtype,
+                        name=f"{self.name or type(self).__name__} encode_image")
+        out = self.visual(x)
         return F.normalize(out, dim=-1) if normalize else out
 
     def encode_text(self, text: str | Sequence[str] | Tensor, normalize: bool = False) -> Tensor:
@@ -402,7 +413,8 @@ class CLIP(ImageTextModel):
 
 # -- converting the published layouts -------------------------------------------------------------------------------
 
-# Inside every transformers encoder layer (CLIP and SigLIP). q/k/v stay separate here and are fused by fuse_qkv.
+# Inside every transformers encoder layer (CLIP and SigLIP). q/k/v stay separate here and are fused by
+# zoo.classifier.fuse_qkv (the one the ViT and Swin conversions use; a missing projection is a WeightsMismatchError).
 TRANSFORMERS_BLOCK = [
     (r"(.*\.blocks\.\d+)\.layer_norm([12])\.(weight|bias)", r"\1.norm\2.\3"),
     (r"(.*\.blocks\.\d+)\.self_attn\.([qkv])_proj\.(weight|bias)", r"\1.attn.\2.\3"),
@@ -454,19 +466,6 @@ OPEN_CLIP = [
 ]
 #: buffers in published files that the model recomputes (legacy transformers position ids, open_clip's mask)
 IGNORED = [r".*position_ids", r"attn_mask", r"text\.attn_mask"]
-
-
-def fuse_qkv(sd: dict[str, Tensor]) -> dict[str, Tensor]:
-    """``*.attn.{q,k,v}.{weight,bias}`` -> ``*.attn.qkv.*``, concatenated along the output dimension."""
-    out = {}
-    for key, value in sd.items():
-        prefix, dot, leaf = key.rpartition(".")
-        if prefix.endswith(".attn.q"):
-            base = prefix[: -len(".q")]
-            out[f"{base}.qkv.{leaf}"] = torch.cat([sd[f"{base}.{n}.{leaf}"] for n in "qkv"])
-        elif not (prefix.endswith(".attn.k") or prefix.endswith(".attn.v")):
-            out[key] = value
-    return out
 
 
 def from_transformers(sd: dict[str, Tensor]) -> dict[str, Tensor]:

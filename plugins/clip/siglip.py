@@ -20,9 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zoo.classifier import fuse_qkv
+
 from .clip import (MLP, OPEN_CLIP_BLOCK, TRANSFORMERS_BLOCK, TRANSFORMERS_TEXT, ImageTextModel, TextTower,
-                   TowerConfig, TwoTowerConfig, _blocks, _hf_tower, _one_value, _square, canonical_activation,
-                   fuse_qkv)
+                   TowerConfig, TwoTowerConfig, _blocks, _hf_tower, _one_value, _square, canonical_activation)
 
 
 @dataclass(frozen=True)

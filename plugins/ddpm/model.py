@@ -6,6 +6,7 @@ zoo's ddpm-digits) or in ``unet/`` and ``scheduler/`` subfolders (what ``DDPMPip
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,46 @@ def prediction_from_config(scheduler_config: dict[str, Any]) -> str:
     return PREDICTION_TYPES[kind]
 
 
+#: the ``beta_schedule`` values zoo computes (``zoo.registry.DiscreteVPSchedule.from_betas``), as diffusers does.
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+#: diffusers' ``variance_type`` values zoo's ddpm sampler reproduces (fixed_small_log is fixed_small's std).
+VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large")
+
+
+def check_scheduler_config(config: dict[str, Any], source: str = "scheduler_config.json") -> None:
+    """Refuse a scheduler config zoo cannot sample as diffusers would, naming the key, its value and what zoo does.
+
+    zoo's schedule and samplers implement diffusers' DDPM/DDIM arithmetic for the beta schedules in
+    :data:`BETA_SCHEDULES` (or explicit ``trained_betas``) and the fixed variances in :data:`VARIANCE_TYPES`. A
+    config asking for more would load and then sample wrongly, so it fails here instead:
+
+    * ``rescale_betas_zero_snr: true`` (Lin et al. 2023) changes the betas (zero SNR at the last step);
+    * ``thresholding: true`` (Imagen's dynamic thresholding) replaces the x0 clipping;
+    * ``variance_type`` ``learned`` / ``learned_range``: the U-Net predicts its variance as extra output channels
+      (6 for RGB), which zoo's samplers do not read;
+    * a ``beta_schedule`` not in :data:`BETA_SCHEDULES` (diffusers' ``sigmoid``, ``exponential``, ...).
+
+    (``timestep_spacing`` is honoured by the schedule itself.)
+    """
+    def refuse(key: str, why: str) -> None:
+        raise ValueError(f"{source}: {key}={json.dumps(config[key])} is not supported: {why}")
+
+    if config.get("rescale_betas_zero_snr"):
+        refuse("rescale_betas_zero_snr", "zoo computes the betas without the zero-terminal-SNR rescaling "
+               "(supported: false)")
+    if config.get("thresholding"):
+        refuse("thresholding", "zoo clips x0 to [-clip_sample_range, clip_sample_range] (clip_sample) but does not "
+               "implement dynamic thresholding (supported: false)")
+    variance = config.get("variance_type")
+    if variance in ("learned", "learned_range"):
+        refuse("variance_type", "the U-Net predicts its variance as extra output channels, which zoo's samplers do "
+               f"not read (supported: {', '.join(VARIANCE_TYPES)})")
+    if variance is not None and variance not in VARIANCE_TYPES:
+        refuse("variance_type", f"supported: {', '.join(VARIANCE_TYPES)}")
+    if config.get("trained_betas") is None and config.get("beta_schedule", "linear") not in BETA_SCHEDULES:
+        refuse("beta_schedule", f"zoo computes {', '.join(BETA_SCHEDULES)} (or explicit trained_betas)")
+
+
 def sampler_defaults(scheduler_config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """What the checkpoint's scheduler config says about sampling, as options of zoo's ddim/ddpm samplers.
 
@@ -128,8 +169,10 @@ def build_pipeline(entry: ModelEntry, files: Path | None, *, device: torch.devic
         if entry.local_dir is not None:
             folder = Path(entry.local_dir)
             unet_cfg, sched_cfg = read_json(folder / "config.json"), read_json(folder / "scheduler_config.json")
+            check_scheduler_config(sched_cfg, str(folder / "scheduler_config.json"))
         elif entry.repo_id in PUBLISHED_CONFIGS:
             unet_cfg, sched_cfg = PUBLISHED_CONFIGS[entry.repo_id]
+            check_scheduler_config(sched_cfg, f"{entry.name}'s scheduler config")
         else:
             raise MissingFileError(f"{entry.name}: no known config to build without weights; pass weights=")
         unet = UNet2DModel(UNet2DConfig.from_dict(unet_cfg)).to(device=device, dtype=dtype).eval()
@@ -137,6 +180,7 @@ def build_pipeline(entry: ModelEntry, files: Path | None, *, device: torch.devic
         files = Path(files)
         _, sched_dir = _layout(files)
         sched_cfg = read_json(sched_dir / "scheduler_config.json")
+        check_scheduler_config(sched_cfg, str(sched_dir / "scheduler_config.json"))  # before the weights load
         unet = load_unet(files, device=device, dtype=dtype)
     denoiser = DDPMDenoiser(unet, DiscreteVPSchedule.from_scheduler_config(sched_cfg),
                             prediction_from_config(sched_cfg))

@@ -16,13 +16,20 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
+import shutil
+import tempfile
 import time
+import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from zoo.errors import ZooError
+from zoo.registry import DiscreteVPSchedule
 
 from .unet import UNet2DConfig, UNet2DModel
 
@@ -58,11 +65,60 @@ def load_digits_images(size: int = IMAGE_SIZE) -> tuple[Tensor, Tensor]:
     return x * 2 - 1, torch.tensor(digits.target)
 
 
-def alphas_cumprod(config: dict[str, Any] = SCHEDULER_CONFIG) -> Tensor:
-    """``abar_t`` for t = 0..T-1 of the linear schedule, computed as diffusers computes it (float32)."""
-    betas = torch.linspace(config["beta_start"], config["beta_end"], config["num_train_timesteps"],
-                           dtype=torch.float32)
-    return torch.cumprod(1 - betas, dim=0)
+#: the files :func:`train` writes, and all an existing output folder may hold for it to be replaced.
+OUTPUT_FILES = ("config.json", "scheduler_config.json", "diffusion_pytorch_model.safetensors")
+
+
+def _check_output_dir(out: Path) -> None:
+    """Refuse a target that is not a folder or holds files ``train`` does not write: it is replaced as a whole."""
+    if out.exists() and not out.is_dir():
+        raise ZooError(f"{out} exists and is not a folder; choose a new or empty folder for the trained weights")
+    if out.is_dir():
+        other = sorted(p.name for p in out.iterdir() if p.name not in OUTPUT_FILES)
+        if other:
+            raise ZooError(f"{out} holds files `zoo train` does not write ({', '.join(other[:5])}"
+                           f"{', ...' if len(other) > 5 else ''}): the folder is replaced as a whole, so choose a "
+                           f"new or empty folder, or one an earlier training run wrote")
+
+
+def _write_atomically(out: Path, write: Callable[[Path], None]) -> None:
+    """Have ``write(folder)`` fill a temporary sibling of ``out``, then swap it into place.
+
+    An error while writing leaves ``out`` as it was (the temporary folder is removed). An existing ``out`` is
+    renamed aside first and deleted only once the new folder is in place, so ``out`` never holds a mix of old and
+    new files. Should the swap itself fail, the new files stay in the temporary folder, which the error names.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        # mkdtemp's folder is private (0700): give it the old folder's permissions, or those a plain mkdir gives
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, out.stat().st_mode & 0o7777 if out.is_dir() else 0o777 & ~umask)
+        write(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    try:
+        _check_output_dir(out)  # again: the folder may have changed during training
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(out, old)
+        try:
+            os.replace(tmp, out)
+        except BaseException:
+            if old is not None:
+                os.replace(old, out)  # put the previous folder back
+            raise
+    except ZooError as exc:
+        raise ZooError(f"{exc}. The new files are in {tmp}") from None
+    except BaseException as exc:
+        if hasattr(exc, "add_note"):  # Python 3.11+
+            exc.add_note(f"the new files are in {tmp}")
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def train(out_dir: str | Path, *, steps: int = 4000, batch_size: int = 64, lr: float = 2e-3,
@@ -71,7 +127,9 @@ def train(out_dir: str | Path, *, steps: int = 4000, batch_size: int = 64, lr: f
     diffusion_pytorch_model.safetensors (the EMA weights).
 
     Args:
-        out_dir: folder to write (created; existing files of the same names are replaced).
+        out_dir: folder to write. The files go to a temporary sibling folder that then replaces ``out_dir``
+            whole, so an interrupted run never leaves a mix of old and new files. An existing ``out_dir`` may
+            hold only the files a run writes (:data:`OUTPUT_FILES`); anything else is refused before training.
         steps: optimiser steps. The default (4,000 of batch 64) runs at about 7 steps/s on one core of an idle
             2-core CPU, so about 10 minutes; the shipped weights took 19 minutes on one thread of a 2-core
             machine busy with other work.
@@ -87,14 +145,17 @@ def train(out_dir: str | Path, *, steps: int = 4000, batch_size: int = 64, lr: f
     from tqdm.auto import tqdm
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.is_symlink():  # replace the folder it points to, not the link
+        out = out.resolve()
+    _check_output_dir(out)
     if threads is not None:
         torch.set_num_threads(threads)
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # the initialisation
 
     data, _ = load_digits_images()
-    abar = alphas_cumprod()
+    # abar_t in float32 as diffusers computes it: the schedule the saved scheduler config is read back as
+    abar = DiscreteVPSchedule.from_scheduler_config(SCHEDULER_CONFIG).alphas_cumprod.to(torch.float32)
     model = UNet2DModel(UNet2DConfig.from_dict(UNET_CONFIG)).train()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
@@ -129,9 +190,13 @@ def train(out_dir: str | Path, *, steps: int = 4000, batch_size: int = 64, lr: f
     seconds = time.perf_counter() - start
 
     state = {k: v.contiguous() for k, v in ema.state_dict().items()}
-    save_file(state, str(out / "diffusion_pytorch_model.safetensors"),
-              metadata={"format": "pt", "trained_by": "zoo train ddpm-digits", "steps": str(steps),
-                        "seed": str(seed), "seconds": f"{seconds:.0f}", "threads": str(torch.get_num_threads())})
-    (out / "config.json").write_text(json.dumps(UNet2DConfig.from_dict(UNET_CONFIG).to_dict(), indent=2) + "\n")
-    (out / "scheduler_config.json").write_text(json.dumps(SCHEDULER_CONFIG, indent=2) + "\n")
-    return out
+
+    def write(folder: Path) -> None:
+        save_file(state, str(folder / "diffusion_pytorch_model.safetensors"),
+                  metadata={"format": "pt", "trained_by": "zoo train ddpm-digits", "steps": str(steps),
+                            "seed": str(seed), "seconds": f"{seconds:.0f}", "threads": str(torch.get_num_threads())})
+        (folder / "config.json").write_text(json.dumps(UNet2DConfig.from_dict(UNET_CONFIG).to_dict(), indent=2) + "\n")
+        (folder / "scheduler_config.json").write_text(json.dumps(SCHEDULER_CONFIG, indent=2) + "\n")
+
+    _write_atomically(out, write)
+    return Path(out_dir)

@@ -5,7 +5,7 @@ sigma*eps`` with ``a = 1`` for variance-preserving models sampled in EDM's VE sp
 rectified flow. ``x`` arrives as ``noise * schedule.prior_scale(sigmas[0])`` at ``sigmas[0]``.
 
 A third-party package adds samplers the same way: a module with a ``zoo_samplers`` hook, listed under the
-``zoo`` entry-point group (see docs/samplers-contributing.md).
+``zoo`` entry-point group (see "Adding a sampler" in CONTRIBUTING.md).
 """
 from __future__ import annotations
 

@@ -13,7 +13,8 @@ import torch
 from torch import Tensor, nn
 
 from zoo.hub import pick
-from zoo.registry import Encoder, ModelEntry, hookimpl, sampler
+from zoo.plugins.samplers.common import report
+from zoo.registry import Encoder, ModelEntry, check_image_batch, hookimpl, sampler
 from zoo.weights import load_into, load_state_dict, read_json
 
 WEIGHTS = Path(__file__).parent / "weights" / "toy-mlp"
@@ -31,14 +32,18 @@ class ToyMLP(Encoder):
         self.register_buffer("std", torch.full((1, 3, 1, 1), 0.25))
 
     def preprocess(self, images: Any) -> Tensor:
-        """Float ``(N, 3, H, W)`` in [0, 1] (or uint8) -> normalised ``(N, 3, 8, 8)``."""
-        x = torch.as_tensor(images)
-        x = x.float() / 255 if not x.is_floating_point() else x
+        """Float ``(N, 3, H, W)`` in [0, 1] (or uint8) -> normalised ``(N, 3, 8, 8)``, on the model's device and in
+        its dtype (the input may be anywhere: it is moved to the buffers' device first)."""
+        x = torch.as_tensor(images).to(self.mean.device)
+        x = x.float() / 255 if not x.is_floating_point() else x.float()
         x = nn.functional.interpolate(x, size=self.image_size, mode="bilinear", antialias=True, align_corners=False)
-        return ((x - self.mean) / self.std).to(self.mean.dtype)
+        return ((x - self.mean.float()) / self.std.float()).to(self.mean.dtype)
 
     def encode(self, x: Tensor) -> Tensor:
-        return self.net(x)
+        """``(N, 3, 8, 8)`` preprocessed -> ``(N, dim)``; like every zoo Encoder, the batch is checked and moved to
+        the model's device and dtype first."""
+        check_image_batch(x, channels=3, size=self.image_size, what="toy-mlp input (use .preprocess(images))")
+        return self.net(x.to(self.mean))
 
     forward = encode
 
@@ -54,11 +59,16 @@ def build(entry: ModelEntry, files: Path | None, *, device: torch.device, dtype:
 
 @sampler("toy-euler")
 def toy_euler(denoise, x: Tensor, sigmas: Tensor, *, signal_scale, callback=None) -> Tensor:
-    """Euler's method on the probability-flow ODE dx/dsigma = (x - D(x, sigma)) / sigma."""
+    """Euler's method on the probability-flow ODE dx/dsigma = (x - D(x, sigma)) / sigma.
+
+    ``report`` after each step hands the pipeline's callback a StepInfo: that drives progress bars and lets a
+    callback stop sampling early (raising StopIteration). Every sampler should call it.
+    """
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = denoise(x, sigma)
         x = x + (x - denoised) / sigma * (sigma_next - sigma)
+        report(callback, i, sigma, x, denoised)
     return x
 
 
