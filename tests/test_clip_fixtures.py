@@ -28,7 +28,7 @@ import torch
 import transformers
 from safetensors.torch import save_file
 
-CHECKPOINTS = Path(__file__).resolve().parents[2] / "shared" / "checkpoints"
+from checkpoints import CHECKPOINTS  # noqa: E402
 OPEN_CLIP_BPE = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
 HF_CLIP = ["openai__clip-vit-base-patch32", "openai__clip-vit-large-patch14"]
 LAION_B32, GOOGLE_SIGLIP, TIMM_SIGLIP = ("laion__CLIP-ViT-B-32-laion2B-s34B-b79K", "google__siglip-base-patch16-224",

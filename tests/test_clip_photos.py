@@ -9,14 +9,13 @@ photos of different sizes -> the entry's preprocessing -> both towers -> zero-sh
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import pytest
 import torch
 
 import zoo
 from test_clip_fixtures import needs_checkpoints, one_thread, photos, train_t5_spm, write_clip_vocab  # noqa: F401
-from zoo.plugins.clip import CLIPTokenizer, SigLIPTokenizer, TowerConfig
+from zoo.plugins.clip import CLIPTokenizer, SigLIPTokenizer
 
 ENTRIES = zoo.list_models(family="clip") + zoo.list_models(family="siglip")
 LABELS = ["cat", "coffee cup", "astronaut"]

@@ -17,9 +17,7 @@ from zoo.plugins.ddpm.model import PUBLISHED_CONFIGS
 from zoo.plugins.ddpm.unet import LEGACY_ATTENTION_RENAMES, UNet2DModel
 from zoo.weights import rename
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "checkpoints"
-if not SHARED.is_dir():  # a checkout without shared/ beside it
-    SHARED = Path("/work/shared/checkpoints")
+from checkpoints import CHECKPOINTS as SHARED
 
 # google/ddpm-{church,bedroom,cat}-256 have no folder in shared/: they share the celebahq-256 architecture (the
 # celebahq config there is itself the vendored ddpm-cat-256 config; see its NOTES.md), so they are checked

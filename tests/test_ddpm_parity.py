@@ -34,9 +34,9 @@ from zoo.plugins.ddpm import DIGITS_DIR  # noqa: E402
 
 diffusers_logging.set_verbosity_error()  # no "install accelerate" advice in the test log
 
-CKPT = Path(__file__).resolve().parents[2] / "shared" / "checkpoints" / "google__ddpm-cifar10-32"
-if not CKPT.is_dir():  # a checkout without shared/ beside it
-    CKPT = Path("/work/shared/checkpoints/google__ddpm-cifar10-32")
+from checkpoints import CHECKPOINTS
+
+CKPT = CHECKPOINTS / "google__ddpm-cifar10-32"
 REAL_UNET = json.loads((CKPT / "config.json").read_text())
 REAL_SCHEDULER = json.loads((CKPT / "scheduler_config.json").read_text())
 REDUCED_UNET = {**REAL_UNET, "block_out_channels": [16, 32, 32, 32], "norm_num_groups": 8}

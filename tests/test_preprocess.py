@@ -8,7 +8,6 @@ PIL, as zoo does, so the results agree to float rounding (observed max abs diff 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +17,7 @@ from PIL import Image
 
 from zoo.preprocess import ImagePreprocess, load_images
 
-CHECKPOINTS = Path(__file__).resolve().parents[2] / "shared" / "checkpoints"
+from checkpoints import CHECKPOINTS  # noqa: E402
 needs_configs = pytest.mark.skipif(not CHECKPOINTS.is_dir(), reason=f"{CHECKPOINTS} not found")
 PHOTOS = {name: getattr(skimage.data, name)() for name in ("chelsea", "coffee", "astronaut")}  # (H, W, 3) uint8
 TIMM = {"input_size": [3, 224, 224], "interpolation": "bicubic", "crop_pct": 0.9, "crop_mode": "center",

@@ -8,7 +8,6 @@ Entries whose repo has no manifest here are checked against timm's own registry 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +16,7 @@ import zoo
 from zoo.plugins.swin import swin
 from zoo.plugins.vit import vit
 
-CHECKPOINTS = Path(__file__).resolve().parents[2] / "shared" / "checkpoints"
+from checkpoints import CHECKPOINTS  # noqa: E402
 NAMES = zoo.list_models(family="vit") + zoo.list_models(family="swin")
 CONVERT = {"vit-b16-google": vit.convert_hf, "swin-t-ms": swin.convert_hf}
 DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64}

@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 import zoo
 from zoo.errors import WeightsMismatchError
 
-CHECKPOINTS = Path(__file__).resolve().parents[2] / "shared" / "checkpoints"
+from checkpoints import CHECKPOINTS  # noqa: E402
 pytestmark = pytest.mark.skipif(not CHECKPOINTS.is_dir(), reason=f"{CHECKPOINTS} (real repo configs) not found")
 
 TOL32, TOL64 = 1e-4, 1e-8
