@@ -1,7 +1,6 @@
 """The contracts every zoo model family builds on, and the plugin manager that finds the families."""
 from .contracts import (PREDICTIONS, DenoiseFn, Denoiser, Detections, Detector, Encoder, FunctionSampler, NoiseSampler,
-                        Prediction,
-                        Sampler, StepInfo, check_image_batch, sampler)
+                        Prediction, Sampler, StepInfo, check_image_batch, sampler)
 from .entry import ModelEntry
 from .hookspecs import hookimpl, hookspec
 from .manager import DuplicateNameError, Registry, build_registry
