@@ -10,7 +10,7 @@ zoo's built-in families are registered the same way, from zoo's own pyproject.to
 is a complete third-party plugin in one file.
 
 Rules the plugin manager (``manager.build_registry``) enforces, each reported under the plugin's name in
-``zoo.registry().failures`` while every other plugin keeps working:
+``zoo.get_registry().failures`` while every other plugin keeps working:
 
 * the module must import, and each hook must not raise;
 * hooks must be marked ``@hookimpl`` and spelt as below (an unmarked or misspelt hook would register nothing);

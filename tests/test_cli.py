@@ -89,7 +89,7 @@ def test_train_never_overwrites_the_packaged_weights_by_default(tmp_path, monkey
         written_to.append(Path(out))
         return Path(out)
 
-    monkeypatch.setitem(zoo.registry().models, "ddpm-digits", dataclasses.replace(entry, train=record))
+    monkeypatch.setitem(zoo.get_registry().models, "ddpm-digits", dataclasses.replace(entry, train=record))
     monkeypatch.chdir(tmp_path)
     assert main(["train", "ddpm-digits", "--steps", "1"]) == 0
     assert written_to[0].resolve() == (tmp_path / "ddpm-digits").resolve()

@@ -95,7 +95,7 @@ def registry_with(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
         plugin = types.ModuleType("test_hub_plugin")
         plugin.zoo_models = hookimpl(lambda: list(entries))
         reg = build_registry((plugin,), entry_points=False)
-        monkeypatch.setattr(zoo.api, "registry", lambda: reg)
+        monkeypatch.setattr(zoo.api, "get_registry", lambda: reg)
     BUILT.clear()
     return install
 

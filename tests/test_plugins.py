@@ -60,7 +60,7 @@ def use_registry(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
     """Let zoo.create / zoo.list_models see a registry built here, by the real build_registry."""
     def install(*plugins: object) -> None:
         reg = build_registry(plugins, entry_points=False)
-        monkeypatch.setattr(zoo.api, "registry", lambda: reg)
+        monkeypatch.setattr(zoo.api, "get_registry", lambda: reg)
     return install
 
 
@@ -90,7 +90,7 @@ def distributions(tmp_path: Path) -> Iterator[Callable[..., None]]:
         for module in modules:
             sys.modules.pop(module, None)
         importlib.invalidate_caches()
-        zoo.api.registry.cache_clear()  # the next zoo.registry() must not see these distributions
+        zoo.api.get_registry.cache_clear()  # the next zoo.get_registry() must not see these distributions
 
 
 FINE = """
@@ -135,7 +135,7 @@ def test_third_party_sampler_runs_through_the_sampler_contract():
 def test_list_models_works_with_whatever_is_installed():
     zoo.reload()
     names = zoo.list_models("*")
-    assert names == sorted(names) and isinstance(zoo.registry().failures, dict)
+    assert names == sorted(names) and isinstance(zoo.get_registry().failures, dict)
 
 
 # -- failures stay local -------------------------------------------------------------------------------------------
@@ -211,3 +211,13 @@ def test_unknown_model_suggests_close_names(use_registry):
     assert "unknown model 'ddim-cifr'" in str(err.value) and "Did you mean 'ddim-cifar'" in str(err.value)
     with pytest.raises(UnknownModelError, match="unknown sampler 'ddmi'.*'ddim'"):
         zoo.get_sampler("ddmi")
+
+
+def test_zoo_registry_is_the_contracts_package_not_a_function():
+    """`zoo.registry` names the subpackage of contracts; the plugin registry is `zoo.get_registry()`."""
+    import importlib
+
+    import zoo.registry as contracts
+
+    assert contracts is importlib.import_module("zoo.registry") and hasattr(contracts, "Denoiser")
+    assert zoo.get_registry().models is zoo.get_registry().models  # built once, cached

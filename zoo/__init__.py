@@ -7,7 +7,7 @@
 """
 from zoo.registry import hookimpl
 
-from .api import create, get_entry, get_sampler, info, list_models, list_samplers, registry, reload
+from .api import create, get_entry, get_registry, get_sampler, info, list_models, list_samplers, reload
 from .errors import (CorruptWeightsError, DownloadError, MissingFileError, OfflineError, UnknownModelError,
                      UnsafeWeightsError, WeightsMismatchError, ZooError)
 
@@ -15,5 +15,5 @@ __version__ = "0.1.0"
 __all__ = [
     "CorruptWeightsError", "DownloadError", "MissingFileError", "OfflineError", "UnknownModelError", "UnsafeWeightsError", "WeightsMismatchError",
     "ZooError", "create", "get_entry", "get_sampler", "hookimpl", "info", "list_models", "list_samplers",
-    "registry", "reload",
+    "get_registry", "reload",
 ]

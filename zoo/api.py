@@ -16,15 +16,15 @@ from .errors import UnknownModelError, ZooError
 
 
 @lru_cache(maxsize=1)
-def registry() -> Registry:
+def get_registry() -> Registry:
     """The registry built from every installed plugin (cached; ``reload()`` rebuilds it)."""
     return build_registry()
 
 
 def reload() -> Registry:
     """Forget the cached registry, e.g. after installing a plugin in the running interpreter."""
-    registry.cache_clear()
-    return registry()
+    get_registry.cache_clear()
+    return get_registry()
 
 
 def _suggest(name: str, names: list[str]) -> list[str]:
@@ -35,13 +35,13 @@ def _suggest(name: str, names: list[str]) -> list[str]:
 
 def list_models(pattern: str = "*", *, family: str | None = None, interface: str | None = None) -> list[str]:
     """Sorted model names matching a shell-style wildcard (``"ddim-*"``, ``"clip*"``), optionally filtered."""
-    return sorted(n for n, e in registry().models.items()
+    return sorted(n for n, e in get_registry().models.items()
                   if fnmatch.fnmatchcase(n, pattern.lower())
                   and (family is None or e.family == family) and (interface is None or e.interface == interface))
 
 
 def get_entry(name: str) -> ModelEntry:
-    models = registry().models
+    models = get_registry().models
     if name not in models:
         raise UnknownModelError(name, _suggest(name, list(models)))
     return models[name]
@@ -53,11 +53,11 @@ def info(name: str) -> dict[str, Any]:
 
 
 def list_samplers(pattern: str = "*") -> list[str]:
-    return sorted(n for n in registry().samplers if fnmatch.fnmatchcase(n, pattern.lower()))
+    return sorted(n for n in get_registry().samplers if fnmatch.fnmatchcase(n, pattern.lower()))
 
 
 def get_sampler(name: str) -> Sampler:
-    samplers = registry().samplers
+    samplers = get_registry().samplers
     if name not in samplers:
         raise UnknownModelError(name, _suggest(name, list(samplers)), kind="sampler")
     return samplers[name]

@@ -33,7 +33,7 @@ def cmd_list(args: argparse.Namespace) -> None:
         e = zoo.get_entry(name)
         source = e.repo_id or "shipped with zoo"
         print(f"{name:<{width}}  {e.family:<8} {e.interface:<10} {source}")
-    failures = zoo.registry().failures
+    failures = zoo.get_registry().failures
     for plugin, why in failures.items():
         print(f"warning: plugin {plugin!r} failed to load: {why}", file=sys.stderr)
 
@@ -65,7 +65,7 @@ def cmd_samplers(args: argparse.Namespace) -> None:
 
 
 def cmd_plugins(args: argparse.Namespace) -> None:
-    reg = zoo.registry()
+    reg = zoo.get_registry()
     for name in reg.plugins:
         n_models = sum(e.plugin == name for e in reg.models.values())
         print(f"{name:<20} ok      {n_models} models")
@@ -91,7 +91,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     entry = zoo.get_entry(args.name)
     if entry.train is None:
         raise ZooError(f"{args.name!r} is not trained by zoo (its weights come from {entry.repo_id}); "
-                       f"`zoo train` works for: {', '.join(n for n, e in zoo.registry().models.items() if e.train)}")
+                       f"`zoo train` works for: {', '.join(n for n, e in zoo.get_registry().models.items() if e.train)}")
     # Never the packaged folder by default: a trial run must not replace the shipped, tested weights.
     out = Path(args.output or args.name)
     options = {"steps": args.steps} if args.steps else {}
