@@ -127,3 +127,10 @@ def test_unknown_format_is_refused(tmp_path: Path):
     (tmp_path / "w.npz").write_bytes(b"PK")
     with pytest.raises(CorruptWeightsError, match="unknown weight format '.npz'"):
         load_state_dict(tmp_path / "w.npz")
+
+
+def test_a_rule_rewrites_the_whole_key_it_matched():
+    """Each rule rewrites through its full match: re.sub would search again and could apply a shorter one."""
+    state = {"ab": torch.zeros(1), "blocks.3.qkv": torch.zeros(1)}
+    renamed = rename(state, [(r"a|ab", "X"), (r"blocks\.(\d+)\.(.*)", r"layers.\1.\2")])
+    assert list(renamed) == ["X", "layers.3.qkv"]

@@ -94,8 +94,9 @@ def rename(state_dict: Mapping[str, Tensor], table: Renames) -> dict[str, Tensor
     out: dict[str, Tensor] = {}
     for key, value in state_dict.items():
         for pattern, repl in rules:
-            if pattern.fullmatch(key):
-                key = pattern.sub(repl, key)
+            match = pattern.fullmatch(key)
+            if match:
+                key = match.expand(repl)
         out[key] = value
     return out
 
