@@ -25,19 +25,23 @@ PREDICTIONS: tuple[str, ...] = ("eps", "v", "x0", "flow")
 
 
 def check_image_batch(x: Tensor, *, channels: int | None = None, size: tuple[int, int] | None = None,
-                      what: str = "input") -> None:
-    """Raise a ValueError naming the problem when ``x`` is not a float ``(N, C, H, W)`` batch of the right size."""
+                      what: str = "input", fix: str = "") -> None:
+    """Raise a ValueError naming the problem when ``x`` is not a float ``(N, C, H, W)`` batch of the right size.
+
+    ``fix`` is appended to every message (e.g. what the caller's ``preprocess`` returns).
+    """
+    tail = f"; {fix}" if fix else ""
     if not isinstance(x, Tensor):
-        raise TypeError(f"{what} must be a torch.Tensor of shape (N, C, H, W), got {type(x).__name__}")
+        raise TypeError(f"{what} must be a torch.Tensor of shape (N, C, H, W), got {type(x).__name__}{tail}")
     if x.ndim != 4:
         hint = " (add a batch dimension with x[None])" if x.ndim == 3 else ""
-        raise ValueError(f"{what} must have shape (N, C, H, W), got {tuple(x.shape)}{hint}")
+        raise ValueError(f"{what} must have shape (N, C, H, W), got {tuple(x.shape)}{hint}{tail}")
     if not x.is_floating_point():
-        raise TypeError(f"{what} must be a floating-point tensor, got {x.dtype} (convert with x.float() / 255)")
+        raise TypeError(f"{what} must be a floating-point tensor, got {x.dtype} (convert with x.float() / 255){tail}")
     if channels is not None and x.shape[1] != channels:
-        raise ValueError(f"{what} must have {channels} channels, got {x.shape[1]} (shape {tuple(x.shape)})")
+        raise ValueError(f"{what} must have {channels} channels, got {x.shape[1]} (shape {tuple(x.shape)}){tail}")
     if size is not None and tuple(x.shape[-2:]) != tuple(size):
-        raise ValueError(f"{what} must be {size[0]}x{size[1]} pixels, got {x.shape[-2]}x{x.shape[-1]}")
+        raise ValueError(f"{what} must be {size[0]}x{size[1]} pixels, got {x.shape[-2]}x{x.shape[-1]}{tail}")
 
 
 class Denoiser(nn.Module, ABC):

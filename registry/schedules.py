@@ -183,10 +183,11 @@ class DiscreteVPSchedule(NoiseSchedule):
             if unique.numel() < sigma.numel():
                 return self.sigma_to_t(unique)[index]
         log_sigma = sigma.to(torch.float64).clamp_min(self.sigma_min).log()
-        dists = log_sigma.reshape(-1, 1) - self.log_grid.to(log_sigma.device)
+        grid = self.log_grid.to(log_sigma.device)
+        dists = log_sigma.reshape(-1, 1) - grid
         nearest = dists.abs().argmin(dim=1)
         low = (dists >= 0).cumsum(dim=1).argmax(dim=1).clamp(max=self.num_train_timesteps - 2)
-        lo, hi = self.log_grid.to(log_sigma.device)[low], self.log_grid.to(log_sigma.device)[low + 1]
+        lo, hi = grid[low], grid[low + 1]
         frac = ((lo - log_sigma.reshape(-1)) / (lo - hi)).clamp(0, 1)
         t = (low + frac).to(torch.float64)
         on_grid = dists.abs().gather(1, nearest[:, None])[:, 0] < 1e-9

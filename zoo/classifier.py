@@ -117,11 +117,8 @@ def image_input(x: Tensor, *, size: tuple[int, int], device: torch.device, dtype
     A valid batch is then moved to the model's ``device`` and cast to its ``dtype``, so a float32 CPU batch works
     on a bfloat16 or CUDA model. (``preprocess`` already returns the model's device and dtype.)
     """
-    expected = f"(N, 3, {size[0]}, {size[1]})"
-    try:
-        check_image_batch(x, channels=3, size=size, what=f"{name} input")
-    except (TypeError, ValueError) as exc:
-        raise type(exc)(f"{exc}; expected a float {expected} batch, as .preprocess(images) returns") from None
+    check_image_batch(x, channels=3, size=size, what=f"{name} input",
+                      fix=f"expected a float (N, 3, {size[0]}, {size[1]}) batch, as .preprocess(images) returns")
     return x.to(device=device, dtype=dtype)
 
 

@@ -172,7 +172,7 @@ class DiffusionPipeline(nn.Module):
         if isinstance(schedule, Tensor):
             return _checked_grid(schedule)
         if schedule in (None, "default"):
-            return sched.sigmas(steps, spacing) if spacing else sched.sigmas(steps)
+            return sched.sigmas(steps, spacing)
         if schedule in ("karras", "exponential"):
             return getattr(sched, schedule)(steps)
         raise ValueError(f"unknown schedule {schedule!r}: use 'default', 'karras', 'exponential' or a tensor of sigmas")

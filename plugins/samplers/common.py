@@ -18,6 +18,11 @@ def ode_slope(x: Tensor, denoised: Tensor, sigma: Tensor) -> Tensor:
     return (x - denoised) / sigma
 
 
+def implied_noise(x: Tensor, denoised: Tensor, sigma: Tensor, a: Tensor) -> Tensor:
+    """The noise a denoised estimate implies: ``eps`` in ``x = a*x0 + sigma*eps`` (a = signal_scale(sigma))."""
+    return (x - a * denoised) / sigma
+
+
 def report(callback: Callable[[StepInfo], None] | None, step: int, sigma: Tensor, x: Tensor, denoised: Tensor,
            sigma_next: float | None = None) -> None:
     if callback is not None:

@@ -7,16 +7,10 @@ DDIMScheduler step for step on the same grid, x0 clipping included.
 from __future__ import annotations
 
 import torch
-from torch import Tensor
 
 from zoo.registry import sampler
 
-from .common import report
-
-
-def _eps(x: Tensor, x0: Tensor, sigma: Tensor, a: Tensor) -> Tensor:
-    """The noise implied by a denoised estimate: x = a*x0 + sigma*eps."""
-    return (x - a * x0) / sigma
+from .common import implied_noise, report
 
 
 @sampler("ddim", stochastic=True, options=("eta", "clip_denoised"))
@@ -32,7 +26,7 @@ def ddim(denoise, x, sigmas, *, signal_scale, callback=None, noise_sampler=None,
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         a, a_next = signal_scale(sigma), signal_scale(sigma_next)
         x0 = denoise(x, sigma)
-        eps = _eps(x, x0, sigma, a)
+        eps = implied_noise(x, x0, sigma, a)
         if clip_denoised is not None:
             x0 = x0.clamp(-clip_denoised, clip_denoised)
         # DDIM's sigma_eta (eq. 16), written with sampling-space noise levels.

@@ -10,7 +10,7 @@ import torch
 
 from zoo.registry import sampler
 
-from .common import ode_slope, report
+from .common import implied_noise, ode_slope, report
 
 
 @sampler("euler")
@@ -81,7 +81,7 @@ def euler_ancestral(denoise, x, sigmas, *, signal_scale, callback=None, noise_sa
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         a, a_next = signal_scale(sigma), signal_scale(sigma_next)
         denoised = denoise(x, sigma)
-        eps = (x - a * denoised) / sigma
+        eps = implied_noise(x, denoised, sigma, a)
         q = (sigma_next * a) / (sigma * a_next)
         m = (eta * (1 - q**2).clamp_min(0).sqrt()).clamp_max(1)
         x = a_next * denoised + sigma_next * (1 - m**2).sqrt() * eps
