@@ -39,12 +39,13 @@ def _hf_repo(out: Path):
 def _open_clip_twin(zoo_model):
     """open_clip ViT-B-32-quickgelu holding zoo_model's weights (zoo's open_clip conversion, inverted per key)."""
     import open_clip
-    from zoo.plugins.clip.clip import from_open_clip
+    from zoo.loader import convert_state_dict
+    from zoo.plugins.clip.clip import OPEN_CLIP_COMPONENT
     oc = open_clip.create_model("ViT-B-32-quickgelu").eval()
     ours = zoo_model.state_dict()
     sd = {}
     for key, value in oc.state_dict().items():
-        (name, _), = from_open_clip({key: value}).items()
+        (name, _), = convert_state_dict(OPEN_CLIP_COMPONENT, {key: value}).items()
         sd[key] = ours[name].T if key in ("visual.proj", "text_projection") else ours[name]  # stored x @ P
     oc.load_state_dict(sd)
     return oc

@@ -1,14 +1,32 @@
-"""The contracts every zoo model family builds on, and the plugin manager that finds the families."""
-from .contracts import (PREDICTIONS, DenoiseFn, Denoiser, Detections, Detector, Encoder, FunctionSampler, NoiseSampler,
-                        Prediction, Sampler, StepInfo, check_image_batch, sampler)
-from .entry import ModelEntry
-from .hookspecs import hookimpl, hookspec
-from .manager import DuplicateNameError, Registry, build_registry
+"""The bottom floor of zoo: the contracts every model family builds on, the plugin hooks, and the plugin manager.
+
+Nothing here imports from ``zoo`` above it, so a plugin can depend on these names alone:
+
+* contracts, one per capability (``contracts.py``: Encoder, Classifier, TextEncoder, Autoencoder, Flow,
+  Detector, Pipeline; ``diffusion.py``: Denoiser, Sampler, Conditioner), and :data:`INTERFACES`, which an
+  entry's ``interface`` names;
+* noise schedules (``schedules.py``) and the helpers samplers share (``report_step``, ``ode_slope``,
+  ``implied_noise``, ``per_sample``);
+* what a plugin registers (``entry.py``: ModelEntry and its Components; ``hookspecs.py``: the hooks, Command);
+* the errors every floor raises (``errors.py``).
+"""
+from .contracts import (INTERFACES, Autoencoder, Classifier, Detections, Detector, DetectorInput, Encoder, Flow,
+                        Module, Pipeline, TextEncoder, TextFeatures, check_contract)
+from .diffusion import (PREDICTIONS, Conditioner, DenoiseFn, Denoiser, FunctionSampler, NoiseSampler, PlanFn,
+                        Prediction, Sampler, SamplingPlan, StepInfo, implied_noise, ode_slope, report_step, sampler)
+from .entry import DIFFUSERS_WEIGHTS, MODEL_WEIGHTS, Component, ModelEntry, Renames
+from .errors import ContractError, DuplicateNameError
+from .hookspecs import Command, hookimpl, hookspec
+from .manager import Registry, build_registry
 from .schedules import DiscreteVPSchedule, EDMSchedule, FlowSchedule, NoiseSchedule, karras_sigmas
+from .tensors import check_image_batch, per_sample
 
 __all__ = [
-    "PREDICTIONS", "DenoiseFn", "Denoiser", "Detections", "Detector", "DiscreteVPSchedule", "DuplicateNameError",
-    "EDMSchedule", "Encoder", "FlowSchedule", "FunctionSampler", "ModelEntry", "NoiseSampler", "NoiseSchedule", "Prediction",
-    "Registry", "Sampler", "StepInfo", "build_registry", "check_image_batch", "hookimpl", "hookspec",
-    "karras_sigmas", "sampler",
+    "DIFFUSERS_WEIGHTS", "INTERFACES", "MODEL_WEIGHTS", "PREDICTIONS", "Autoencoder", "Classifier", "Command",
+    "Component", "Conditioner", "ContractError", "DenoiseFn", "Denoiser", "Detections", "Detector", "DetectorInput",
+    "DiscreteVPSchedule", "DuplicateNameError", "EDMSchedule", "Encoder", "Flow", "FlowSchedule", "FunctionSampler",
+    "ModelEntry", "Module", "NoiseSampler", "NoiseSchedule", "Pipeline", "PlanFn", "Prediction", "Registry",
+    "Renames", "Sampler", "SamplingPlan", "StepInfo", "TextEncoder", "TextFeatures", "build_registry",
+    "check_contract", "check_image_batch", "hookimpl", "hookspec", "implied_noise", "karras_sigmas", "ode_slope",
+    "per_sample", "report_step", "sampler",
 ]

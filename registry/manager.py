@@ -1,7 +1,7 @@
 """Finding plugins through entry points and merging what they register into one registry.
 
 Failure is local: a plugin that cannot be imported, whose hook raises, or whose hook returns something that is
-not a ModelEntry / Sampler, is recorded in ``failures`` under its name and skipped; every other plugin keeps
+not a ModelEntry / Sampler / Command, is recorded in ``failures`` under its name and skipped; every other plugin keeps
 working. Two plugins that claim the same model or sampler name is an error, raised when the registry is built,
 naming both: silently letting one win would make ``zoo.create(name)`` depend on install order.
 """
@@ -14,26 +14,30 @@ from typing import Any
 
 import pluggy
 
-from zoo.errors import ZooError
-
 from . import hookspecs
-from .contracts import Sampler
+from .contracts import INTERFACES
+from .diffusion import Sampler
 from .entry import ModelEntry
+from .errors import DuplicateNameError
+from .hookspecs import Command
 
 log = logging.getLogger("zoo")
 
-#: hook name -> (what it returns, the word for it in messages)
-HOOKS: dict[str, tuple[type, str]] = {"zoo_models": (ModelEntry, "model"), "zoo_samplers": (Sampler, "sampler")}
-
-
-class DuplicateNameError(ZooError, RuntimeError):
-    """Two plugins register the same model or sampler name."""
+#: hook name -> (what it registers, the word for it in messages, the Registry field it fills)
+HOOKS: dict[str, tuple[type, str, str]] = {"zoo_models": (ModelEntry, "model", "models"),
+                                           "zoo_samplers": (Sampler, "sampler", "samplers"),
+                                           "zoo_commands": (Command, "command", "commands")}
 
 
 @dataclass
 class Registry:
     models: dict[str, ModelEntry] = field(default_factory=dict)
     samplers: dict[str, Sampler] = field(default_factory=dict)
+    #: CLI sub-commands added by plugins, by name.
+    commands: dict[str, Command] = field(default_factory=dict)
+    #: which plugin registered each sampler and command (a model's is ``ModelEntry.plugin``).
+    sampler_plugins: dict[str, str] = field(default_factory=dict)
+    command_plugins: dict[str, str] = field(default_factory=dict)
     #: plugin name -> the error that kept it (or one of its hooks) out.
     failures: dict[str, str] = field(default_factory=dict)
     #: every plugin that registered, in load order (entry points by name, then ``extra_plugins``).
@@ -48,7 +52,7 @@ def build_registry(extra_plugins: tuple[object, ...] = (), *, entry_points: bool
     """Load every plugin in the ``zoo`` entry-point group (plus ``extra_plugins``) and collect their entries.
 
     Raises:
-        DuplicateNameError: two plugins (or one plugin twice) register the same model or sampler name.
+        DuplicateNameError: two plugins (or one plugin twice) register the same model, sampler or command name.
     """
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
@@ -77,17 +81,15 @@ def build_registry(extra_plugins: tuple[object, ...] = (), *, entry_points: bool
     owners: dict[tuple[str, str], str] = {}
     for name, plugin in loaded:
         reg.plugins.append(name)
-        for hook, (kind, word) in HOOKS.items():
-            items = _call(pm, reg, hook, plugin, name)
+        for hook, (kind, word, slot) in HOOKS.items():
+            items, verb = _call(pm, reg, hook, plugin, name)
             if not items:
                 continue
-            bad = [item for item in items if not isinstance(item, kind) or not _valid_name(getattr(item, "name", None))]
-            if bad:
-                what = (f"a {type(bad[0]).__name__}, not a {kind.__name__}" if not isinstance(bad[0], kind)
-                        else f"a {word} named {bad[0].name!r} (names are lowercase, without spaces)")
-                reg.fail(name, f"{hook}() returned {what}: {bad[0]!r:.80}")
+            problem = next((p for p in map(lambda item: _invalid(item, kind, word), items) if p), None)
+            if problem:
+                reg.fail(name, f"{hook}() {verb} {problem}")
                 continue
-            target: dict[str, Any] = reg.models if hook == "zoo_models" else reg.samplers
+            target: dict[str, Any] = getattr(reg, slot)
             for item in items:
                 key = (hook, item.name)
                 if key in owners:
@@ -98,6 +100,10 @@ def build_registry(extra_plugins: tuple[object, ...] = (), *, entry_points: bool
                         f"{word} in one plugin. (`pip show` the plugins' packages to see where they come from.)")
                 owners[key] = name
                 target[item.name] = replace(item, plugin=name) if isinstance(item, ModelEntry) else item
+                if isinstance(item, Command):
+                    reg.command_plugins[item.name] = name
+                elif isinstance(item, Sampler):
+                    reg.sampler_plugins[item.name] = name
     return reg
 
 
@@ -122,19 +128,37 @@ def _register(pm: pluggy.PluginManager, reg: Registry, plugin: object, name: str
     return [(label, plugin)]
 
 
-def _call(pm: pluggy.PluginManager, reg: Registry, hook: str, plugin: object, name: str) -> list:
-    """Call one plugin's implementation of ``hook`` alone, so that its failure stays its own."""
+def _call(pm: pluggy.PluginManager, reg: Registry, hook: str, plugin: object, name: str) -> tuple[list, str]:
+    """Call one plugin's implementation of ``hook`` alone, so that its failure stays its own.
+
+    The implementation gets ``register`` if it names it (what it registers is collected in order); one that
+    takes no arguments may return its items instead. Returns the items and how they came ("registered" or
+    "returned", for messages).
+    """
     items: list = []
+    verb = "returned"
     for impl in getattr(pm.hook, hook).get_hookimpls():
         if impl.plugin is not plugin:
             continue
+        kwargs = {"register": items.append} if "register" in impl.argnames else {}
+        verb = "registered" if kwargs else verb
         try:
-            items += list(impl.function() or [])
+            returned = impl.function(**kwargs)
+            items += list(returned or [])
         except Exception as exc:  # noqa: BLE001
             reg.fail(name, f"{hook}() raised {type(exc).__name__}: {exc}")
-            return []
-    return items
+            return [], verb
+    return items, verb
 
 
-def _valid_name(name: object) -> bool:
-    return isinstance(name, str) and bool(name) and name == name.lower() and not any(c.isspace() for c in name)
+def _invalid(item: object, kind: type, word: str) -> str | None:
+    """What is wrong with one registered item, in words, or None."""
+    if not isinstance(item, kind):
+        return f"a {type(item).__name__}, not a {kind.__name__}: {item!r:.80}"
+    name = getattr(item, "name", None)
+    if not (isinstance(name, str) and name and name == name.lower() and not any(c.isspace() for c in name)):
+        return f"a {word} named {name!r} (names are lowercase, without spaces)"
+    if isinstance(item, ModelEntry) and item.interface not in INTERFACES:
+        return (f"model {name!r} with interface {item.interface!r}, which is no zoo contract (use one of "
+                f"{', '.join(INTERFACES)})")
+    return None

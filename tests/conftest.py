@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 from huggingface_hub import constants as hf_constants
 
+import zoo
 from hubserver import HubServer
+from zoo.registry import build_registry
 
 
 @pytest.fixture
@@ -74,3 +76,13 @@ def shell_payload(tmp_path: Path) -> tuple[ShellPayload, Path]:
     """An object to pickle into a checkpoint, and the file that appears if anything ever unpickles it."""
     marker = tmp_path / "pwned"
     return ShellPayload(marker), marker
+
+
+@pytest.fixture
+def use_registry(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
+    """Let zoo.create / zoo.list_models see a registry built here from plugin objects, by the real
+    build_registry (``use_registry(plugin, ...)``; no entry points)."""
+    def install(*plugins: object) -> None:
+        reg = build_registry(plugins, entry_points=False)
+        monkeypatch.setattr(zoo.api, "get_registry", lambda: reg)
+    return install

@@ -95,3 +95,20 @@ def test_train_never_overwrites_the_packaged_weights_by_default(tmp_path, monkey
     assert written_to[0].resolve() == (tmp_path / "ddpm-digits").resolve()
     assert written_to[0].resolve() != Path(entry.local_dir).resolve()
     assert "--weights" in capsys.readouterr().out
+
+
+def test_sampler_options_are_key_value_pairs_checked_before_the_model_loads(tmp_path, capsys):
+    out = tmp_path / "eta.png"
+    assert main(["sample", "ddpm-digits", "-n", "2", "--steps", "3", "--sampler", "ddim", "--option", "eta=0.5",
+                 "--device", "cpu", "-o", str(out)]) == 0 and out.is_file()
+    assert main(["sample", "ddpm-digits", "--sampler", "ddim", "--option", "rtol=1e-3", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "takes no option 'rtol'" in err and "eta" in err
+    assert main(["sample", "ddpm-digits", "--option", "eta", "-o", str(out)]) == 2
+    assert "KEY=VALUE" in capsys.readouterr().err
+
+
+def test_samplers_list_their_options(capsys):
+    assert main(["samplers"]) == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("ode-rk45"))
+    assert "options: rtol, atol" in line

@@ -1,9 +1,9 @@
 """CLIP loaded through zoo matches transformers and open_clip: preprocessing, token ids, image and text embeddings,
 logits and zero-shot probabilities, in float64 (to ~1e-12) and float32 (within 1e-4).
 
-Fixtures (see test_clip_fixtures.py) are the real configs with random weights in the real Hub layouts, loaded
-with ``zoo.create(name, weights=dir)``. The numerical tests use 2 blocks per tower; ``test_full_size_*`` load the
-full-size configs (ViT-B/32 in both formats) and compare one photo and two prompts in float32.
+Fixtures (see tests/helpers/clip_repos.py) are the real configs with random weights in the real Hub layouts,
+loaded with ``zoo.create(name, weights=dir)``. The numerical tests use 2 blocks per tower; ``test_full_size_*``
+load the full-size configs (ViT-B/32 in both formats) and compare one photo and two prompts in float32.
 """
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ import transformers
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
 import zoo
-from test_clip_fixtures import (HF_CLIP, LABELS, LAION_B32, TEMPLATES, TEXTS, TOL, hf_clip_repo, maxdiff,
-                                needs_checkpoints, one_thread, open_clip_repo, photos, real,  # noqa: F401
-                                zero_shot_reference)
+from helpers.clip_repos import (HF_CLIP, LABELS, LAION_B32, TEMPLATES, TEXTS, TOL, hf_clip_repo, maxdiff,
+                                 needs_checkpoints, one_thread, open_clip_repo, photos, real,  # noqa: F401
+                                 zero_shot_reference)
 
 pytestmark = needs_checkpoints
 

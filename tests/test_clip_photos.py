@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import zoo
-from test_clip_fixtures import needs_checkpoints, one_thread, photos, train_t5_spm, write_clip_vocab  # noqa: F401
+from helpers.clip_repos import needs_checkpoints, one_thread, photos, train_t5_spm, write_clip_vocab  # noqa: F401
 from zoo.plugins.clip import CLIPTokenizer, SigLIPTokenizer
 
 ENTRIES = zoo.list_models(family="clip") + zoo.list_models(family="siglip")
@@ -37,11 +37,14 @@ def test_every_entry_is_covered() -> None:
 @pytest.mark.parametrize("name", ENTRIES)
 def test_photos_through_entry(name: str, tokenizers: dict) -> None:
     entry = zoo.get_entry(name)
-    one_block = {tower: {**entry.config[tower], "layers": 1} for tower in ("vision", "text")}
-    model = entry.build(dataclasses.replace(entry, config={**entry.config, **one_block}), None,
+    part = entry.component("model")
+    cfg = part.config  # the entry's architecture, as pretrained=False builds it
+    one_block = dataclasses.replace(cfg, vision=dataclasses.replace(cfg.vision, layers=1),
+                                    text=dataclasses.replace(cfg.text, layers=1))
+    model = entry.build(dataclasses.replace(entry, components=(dataclasses.replace(part, config=one_block),)), None,
                         device=torch.device("cpu"), dtype=torch.float32)
     model.tokenizer = tokenizers[entry.family]
-    size = entry.config["image_size"]
+    size = cfg.image_size
     assert model.image_size == (size, size)
 
     x = model.preprocess(photos())

@@ -25,7 +25,7 @@ from hubserver import HubServer, git_blob_sha1
 from zoo import hub
 from zoo.errors import (CorruptWeightsError, DownloadError, MissingFileError, OfflineError, UnsafeWeightsError,
                         ZooError)
-from zoo.registry import ModelEntry, build_registry, hookimpl
+from zoo.registry import Encoder, ModelEntry, build_registry, hookimpl
 from zoo.weights import load_into, load_state_dict, read_json
 
 REPO = "zoo-test/tiny"
@@ -35,10 +35,20 @@ WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 MiB = 1 << 20
 
 
-class Tiny(nn.Module):
+class Tiny(Encoder):
+    """A linear map of (N, d_in) vectors: the smallest Encoder with weights to download."""
+
+    image_size = (1, 1)
+
     def __init__(self, d_in: int = 4, d_out: int = 3):
         super().__init__()
         self.proj = nn.Linear(d_in, d_out)
+
+    def preprocess(self, x) -> torch.Tensor:
+        return torch.as_tensor(x, device=self.device, dtype=self.dtype)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
 
 
 BUILT: list[Path] = []  # every directory a build received: a test can check that a bad file never got there

@@ -21,6 +21,7 @@ import zoo
 import zoo.api
 from zoo.errors import UnknownModelError, ZooError
 from zoo.registry import DuplicateNameError, EDMSchedule, Encoder, ModelEntry, build_registry, hookimpl, sampler
+from zoo.testing import gmm_pipeline
 
 
 def _toy_installed() -> bool:
@@ -53,15 +54,6 @@ def plugin(name: str, *, models: list[str] = (), samplers: list[str] = (),
     module.zoo_models = hookimpl(zoo_models)
     module.zoo_samplers = hookimpl(lambda: [sampler(s)(lambda *a, **k: None) for s in samplers])
     return module
-
-
-@pytest.fixture
-def use_registry(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
-    """Let zoo.create / zoo.list_models see a registry built here, by the real build_registry."""
-    def install(*plugins: object) -> None:
-        reg = build_registry(plugins, entry_points=False)
-        monkeypatch.setattr(zoo.api, "get_registry", lambda: reg)
-    return install
 
 
 @pytest.fixture
@@ -120,6 +112,72 @@ def test_third_party_plugin_is_listed_and_built():
     from safetensors.torch import load_file
     shipped = load_file(str(Path(zoo.info("toy-mlp")["local_dir"]) / "model.safetensors"))
     assert torch.equal(model.net[1].weight, shipped["net.1.weight"])
+
+
+@needs_toy
+def test_third_party_command_runs_end_to_end():
+    """`zoo toy-encode` comes from the example plugin's zoo_commands hook: listed, documented, run as a user would."""
+    import subprocess
+
+    help_text = subprocess.run(["zoo", "--help"], capture_output=True, text=True, check=True).stdout
+    assert "toy-encode" in help_text
+    result = subprocess.run(["zoo", "toy-encode", "toy-mlp", "-n", "3", "--device", "cpu"], capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("toy-mlp: 3 features of size 16, mean norm ")
+    plugins = subprocess.run(["zoo", "plugins"], capture_output=True, text=True, check=True).stdout
+    assert "commands: toy-encode" in plugins
+    bad = subprocess.run(["zoo", "toy-encode", "toy-mpl", "--device", "cpu"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "Did you mean 'toy-mlp'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_hooks_take_a_register_callback_or_return_a_list():
+    from zoo.registry import Command
+
+    class Registering:
+        @hookimpl
+        def zoo_models(self, register):
+            register(entry("by-register"))
+
+        @hookimpl
+        def zoo_commands(self, register):
+            register(Command("say-hi", lambda args: print("hi"), "greet"))
+
+    reg = build_registry((Registering(), plugin("returning", models=["by-return"])), entry_points=False)
+    assert {"by-register", "by-return"} <= set(reg.models) and not reg.failures
+    assert reg.commands["say-hi"].help == "greet" and reg.command_plugins["say-hi"]
+
+
+def test_a_command_claimed_twice_is_a_duplicate_and_a_non_command_is_refused():
+    from zoo.registry import Command
+
+    def commands(*names):
+        class P:
+            @hookimpl
+            def zoo_commands(self, register):
+                for n in names:
+                    register(Command(n, lambda args: None, "") if n != "not-a-command" else n)
+        return P()
+
+    with pytest.raises(DuplicateNameError, match="command name 'twice'"):
+        build_registry((commands("twice"), commands("twice")), entry_points=False)
+    reg = build_registry((commands("not-a-command"),), entry_points=False)
+    assert "registered a str, not a Command" in next(iter(reg.failures.values()))
+
+
+def test_a_plugin_command_may_not_shadow_a_core_command(use_registry, capsys):
+    from zoo.cli import build_parser
+    from zoo.registry import Command
+
+    class Shadow:
+        @hookimpl
+        def zoo_commands(self, register):
+            register(Command("list", lambda args: print("hijacked"), "not zoo's list"))
+
+    use_registry(Shadow())
+    parser = build_parser()
+    assert "registers the command 'list', which is zoo's own; ignored" in capsys.readouterr().err
+    assert parser.parse_args(["list"]).fn.__name__ == "cmd_list"
 
 
 @needs_toy
@@ -221,3 +279,33 @@ def test_zoo_registry_is_the_contracts_package_not_a_function():
 
     assert contracts is importlib.import_module("zoo.registry") and hasattr(contracts, "Denoiser")
     assert zoo.get_registry().models is zoo.get_registry().models  # built once, cached
+
+
+# -- the third-party example plugin's sampler and model follow the contracts -----------------------------------
+
+
+@needs_toy
+def test_toy_sampler_reports_every_step_and_stops_early():
+    """Before: toy-euler never called report(), so callbacks, progress bars and early stopping saw nothing."""
+    zoo.reload()
+    pipe = gmm_pipeline("eps")
+    seen = []
+    pipe.sample(16, steps=5, sampler="toy-euler", callback=lambda info: seen.append(info.step), progress=False)
+    assert seen == [0, 1, 2, 3, 4]
+
+    def stop_after_two(info):
+        if info.step == 1:
+            raise StopIteration
+    pipe.sample(16, steps=5, sampler="toy-euler", callback=stop_after_two, progress=False)
+    assert pipe.last_nfe == 2
+
+
+@needs_toy
+def test_toy_preprocess_follows_the_models_device():
+    """Before: a CPU input met the model's buffers on another device (meta here; CUDA in practice)."""
+    model = zoo.create("toy-mlp", device="meta")
+    x = model.preprocess(torch.rand(2, 3, 32, 32))
+    assert x.device.type == "meta" and x.shape == (2, 3, 8, 8)
+    cpu = zoo.create("toy-mlp", device="cpu", dtype=torch.bfloat16)
+    features = cpu.encode(torch.rand(2, 3, 8, 8))  # float32 batch on a bfloat16 model
+    assert features.dtype == torch.bfloat16 and features.shape == (2, 16)

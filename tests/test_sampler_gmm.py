@@ -106,7 +106,7 @@ def test_invert_then_sample_round_trips(prediction):
 def test_a_broken_sampler_fails():
     """The thresholds above catch a sampler that lost its order: DPM-Solver++ without its correction (that is
     DDIM) and Heun whose corrector uses the slope at the start twice (that is Euler at twice the cost)."""
-    from zoo.plugins.samplers.common import ode_slope, report
+    from zoo.registry import ode_slope, report_step as report
 
     @sampler("dpmpp-2m-broken")
     def no_correction(denoise, x, sigmas, *, signal_scale, callback=None):

@@ -21,9 +21,9 @@ from open_clip.tokenizer import HFTokenizer
 from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
 import zoo
-from test_clip_fixtures import (GOOGLE_SIGLIP, LABELS, TEMPLATES, TEXTS, TIMM_SIGLIP, TOL, hf_siglip_repo,
-                                maxdiff, needs_checkpoints, one_thread, photos, real,  # noqa: F401
-                                siglip_reference_tokenizer, timm_siglip_repo, zero_shot_reference)
+from helpers.clip_repos import (GOOGLE_SIGLIP, LABELS, TEMPLATES, TEXTS, TIMM_SIGLIP, TOL, hf_siglip_repo,
+                                 maxdiff, needs_checkpoints, one_thread, photos, real,  # noqa: F401
+                                 siglip_reference_tokenizer, timm_siglip_repo, zero_shot_reference)
 
 pytestmark = needs_checkpoints
 

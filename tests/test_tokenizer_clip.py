@@ -20,7 +20,7 @@ import pytest
 import torch
 import transformers
 
-from test_clip_fixtures import write_clip_vocab, needs_checkpoints
+from helpers.clip_repos import write_clip_vocab, needs_checkpoints
 from zoo.plugins.clip.bpe import CLIPTokenizer, split_words
 
 pytestmark = needs_checkpoints

@@ -16,7 +16,7 @@ import pytest
 import torch
 from open_clip.tokenizer import HFTokenizer
 
-from test_clip_fixtures import siglip_reference_tokenizer, train_t5_spm, write_t5_tokenizer_json
+from helpers.clip_repos import siglip_reference_tokenizer, train_t5_spm, write_t5_tokenizer_json
 from zoo.plugins.clip.spm import SigLIPTokenizer, canonicalize, model_proto_from_tokenizer_json
 
 AWKWARD = [

@@ -10,13 +10,11 @@ full-size transformers config, where the conversion does the real work.
 from __future__ import annotations
 
 import copy
-import json
 import shutil
 from pathlib import Path
 
 import pytest
 import skimage.data
-import timm
 import torch
 import transformers
 from safetensors.torch import load_file, save_file
@@ -25,52 +23,16 @@ import zoo
 from zoo.errors import WeightsMismatchError
 
 from checkpoints import CHECKPOINTS  # noqa: E402
+from helpers.classifier_repos import hf_repo, timm_repo
 pytestmark = pytest.mark.skipif(not CHECKPOINTS.is_dir(), reason=f"{CHECKPOINTS} (real repo configs) not found")
 
 TOL32, TOL64 = 1e-4, 1e-8
-
-
-def _repo(name: str) -> Path:
-    return CHECKPOINTS / name
-
-
-def _perturb(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Move every parameter off its initial value (relative position tables by a lot: they start near 0)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            scale = 0.5 if "relative_position_bias_table" in name else 0.05
-            p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * scale)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
 def photos() -> torch.Tensor:
     """Two real photos (H, W, 3) uint8, each preprocessed by the model's own pipeline."""
     return [skimage.data.chelsea(), skimage.data.coffee()]
-
-
-def _timm_fixture(tmp: Path, repo: str, **model_args) -> tuple[Path, torch.nn.Module]:
-    """A timm repo: random weights of the real config's architecture (with model_args) + the real config.json."""
-    config = json.loads((_repo(repo) / "config.json").read_text())
-    if model_args:
-        config["model_args"] = model_args  # how timm >= 1.0 exports a non-default architecture
-    ref = _perturb(timm.create_model(config["architecture"], pretrained=False, **model_args))
-    out = tmp / repo
-    out.mkdir(parents=True)
-    save_file(ref.state_dict(), str(out / "model.safetensors"))
-    (out / "config.json").write_text(json.dumps(config))
-    return out, ref
-
-
-def _hf_fixture(tmp: Path, repo: str, cls: type, **overrides) -> tuple[Path, torch.nn.Module]:
-    """A transformers repo: ``cls(real config with overrides)`` saved by save_pretrained + the real preprocessor."""
-    config = transformers.AutoConfig.from_pretrained(_repo(repo), **overrides)
-    ref = _perturb(cls(config))
-    out = tmp / repo
-    ref.save_pretrained(out)
-    shutil.copy(_repo(repo) / "preprocessor_config.json", out)
-    return out, ref
 
 
 def _batch(photos: list, dtype: torch.dtype) -> list:
@@ -95,12 +57,12 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.fixture(scope="module")
 def vit_timm(tmp_path_factory):
-    return _timm_fixture(tmp_path_factory.mktemp("vit"), "timm__vit_base_patch16_224.augreg2_in21k_ft_in1k", depth=2)
+    return timm_repo(tmp_path_factory.mktemp("vit"), "timm__vit_base_patch16_224.augreg2_in21k_ft_in1k", depth=2)
 
 
 @pytest.fixture(scope="module")
 def vit_hf(tmp_path_factory):
-    return _hf_fixture(tmp_path_factory.mktemp("vit"), "google__vit-base-patch16-224",
+    return hf_repo(tmp_path_factory.mktemp("vit"), "google__vit-base-patch16-224",
                        transformers.ViTForImageClassification, num_hidden_layers=2)
 
 
@@ -163,7 +125,7 @@ def test_pickle_weights_load_when_the_repo_has_no_safetensors(tmp_path, vit_timm
 @pytest.mark.slow
 def test_vit_full_size_transformers_config(tmp_path, photos):
     """The real google/vit-base-patch16-224 config, all 12 blocks."""
-    path, ref = _hf_fixture(tmp_path, "google__vit-base-patch16-224", transformers.ViTForImageClassification)
+    path, ref = hf_repo(tmp_path, "google__vit-base-patch16-224", transformers.ViTForImageClassification)
     clf = zoo.create("vit-b16-google", weights=path, device="cpu")
     x = clf.preprocess(photos[:1])
     with torch.inference_mode():
@@ -176,7 +138,7 @@ def test_vit_full_size_transformers_config(tmp_path, photos):
 
 @pytest.fixture(scope="module")
 def swin_timm(tmp_path_factory):
-    return _timm_fixture(tmp_path_factory.mktemp("swin"), "timm__swin_tiny_patch4_window7_224.ms_in1k",
+    return timm_repo(tmp_path_factory.mktemp("swin"), "timm__swin_tiny_patch4_window7_224.ms_in1k",
                          depths=(2, 2, 2, 2))
 
 
@@ -196,7 +158,7 @@ def _with_legacy_index(path: Path, ref: torch.nn.Module, corrupt: bool = False) 
 
 @pytest.fixture(scope="module")
 def swin_hf(tmp_path_factory):
-    path, ref = _hf_fixture(tmp_path_factory.mktemp("swin"), "microsoft__swin-tiny-patch4-window7-224",
+    path, ref = hf_repo(tmp_path_factory.mktemp("swin"), "microsoft__swin-tiny-patch4-window7-224",
                             transformers.SwinForImageClassification, depths=[2, 2, 2, 2])
     _with_legacy_index(path, ref)
     return path, ref
@@ -246,7 +208,7 @@ def test_swin_patch_merging_channel_order_matches(swin_hf):
 
 def test_swin_legacy_relative_position_index_is_checked(tmp_path):
     """Real files hold relative_position_index; zoo drops it only after checking it is timm's."""
-    path, ref = _hf_fixture(tmp_path, "microsoft__swin-tiny-patch4-window7-224",
+    path, ref = hf_repo(tmp_path, "microsoft__swin-tiny-patch4-window7-224",
                             transformers.SwinForImageClassification, depths=[1, 1, 1, 1])
     _with_legacy_index(path, ref, corrupt=True)
     with pytest.raises(WeightsMismatchError, match="relative position index"):
@@ -256,7 +218,7 @@ def test_swin_legacy_relative_position_index_is_checked(tmp_path):
 @pytest.mark.slow
 def test_swin_full_size_transformers_config(tmp_path, photos):
     """The real microsoft/swin-tiny-patch4-window7-224 config, depths (2, 2, 6, 2), with the legacy buffers."""
-    path, ref = _hf_fixture(tmp_path, "microsoft__swin-tiny-patch4-window7-224",
+    path, ref = hf_repo(tmp_path, "microsoft__swin-tiny-patch4-window7-224",
                             transformers.SwinForImageClassification)
     _with_legacy_index(path, ref)
     clf = zoo.create("swin-t-ms", weights=path, device="cpu")

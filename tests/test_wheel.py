@@ -6,6 +6,7 @@ generic top-level names such as ``registry`` or ``plugins``.
 """
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -20,7 +21,12 @@ ROOT = Path(__file__).resolve().parents[1]
 def wheel(tmp_path_factory) -> Path:
     pytest.importorskip("build")
     out = tmp_path_factory.mktemp("dist")
-    subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out), str(ROOT)],
+    # Build from a copy of the source without any earlier build output: setuptools reuses ./build, and files
+    # left there by an older checkout (a module since moved) would ship in the wheel.
+    source = tmp_path_factory.mktemp("source") / "zoo"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__",
+                                                                ".venv*", ".whl", ".pytest_cache", "checkpoints"))
+    subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out), str(source)],
                    check=True, capture_output=True)
     (whl,) = out.glob("zoo-*.whl")
     return whl

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from zoo.registry import ModelEntry, Registry, Sampler, build_registry
+from zoo.registry import ModelEntry, Registry, Sampler, build_registry, check_contract
 
 from .errors import UnknownModelError, ZooError
 
@@ -79,6 +79,11 @@ def create(name: str, *, weights: str | os.PathLike | None = None, pretrained: b
         device: defaults to CUDA when available, else CPU.
         dtype: ``torch.float32`` (default), ``torch.float16``, ``torch.bfloat16``, or their names.
         **kwargs: passed to the family's builder (see ``zoo info NAME``).
+
+    Returns:
+        The model, an object implementing the contract its entry's ``interface`` names
+        (``zoo.registry.INTERFACES``): a plugin whose builder returns anything else is refused with
+        :class:`zoo.errors.ContractError`.
     """
     from . import hub
 
@@ -96,7 +101,9 @@ def create(name: str, *, weights: str | os.PathLike | None = None, pretrained: b
                  "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp64": torch.float64,
                  "float64": torch.float64}.get(dtype.lower()) or _bad_dtype(dtype)
     files = hub.fetch(entry, weights) if pretrained else None
-    return entry.build(entry, files, device=device, dtype=dtype or torch.float32, **kwargs)
+    model = entry.build(entry, files, device=device, dtype=dtype or torch.float32, **kwargs)
+    check_contract(model, entry.interface, what=f"{name!r} (built by plugin {entry.plugin or entry.family!r})")
+    return model
 
 
 def _check_options(entry: ModelEntry, kwargs: dict[str, Any]) -> None:

@@ -1,9 +1,20 @@
-"""A diffusion pipeline: any Denoiser, any Sampler, images out.
+"""A diffusion pipeline: any Denoiser, any Sampler, an optional autoencoder and conditioner, images out.
 
 The pipeline owns what is not the sampler's business: drawing the starting noise (per sample, so a seed gives
 the same images whatever the batch size), choosing the sigma grid, binding conditioning and guidance into
 ``D(x, sigma)``, counting model evaluations, progress bars, early stopping, and mapping the result back to
 images in [0, 1].
+
+Two slots make the same pipeline serve pixel, latent and conditional models:
+
+* ``autoencoder`` (a ``zoo.registry.Autoencoder``): the space the denoiser works in. ``sample`` decodes its
+  result at the end (DiT's last step), ``invert`` encodes the images at the start. The default,
+  :class:`PixelSpace`, is the identity between images in [0, 1] and the denoiser's [-1, 1] pixels.
+* ``conditioner`` (a ``zoo.registry.Conditioner``): what the user says (``labels=``, ``prompt=``...) ->
+  the denoiser's ``cond`` and ``uncond`` for classifier-free guidance.
+
+Nothing here names a sampler: the default sampler (and the one ``invert`` uses) come from the model's entry,
+and which samplers can invert is what the registry's samplers declare (``Sampler.stochastic``).
 
 Guidance is an edit of D
 ------------------------
@@ -34,9 +45,10 @@ import itertools
 from typing import Any, Callable
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from zoo.registry import DenoiseFn, Denoiser, Sampler, StepInfo, check_image_batch
+from zoo.registry import (Autoencoder, Conditioner, DenoiseFn, Denoiser, Pipeline, Sampler, SamplingPlan, StepInfo,
+                          check_image_batch, per_sample)
 
 Callback = Callable[[StepInfo], None]
 ClassifierGrad = Callable[[Tensor, Tensor], Tensor]
@@ -65,16 +77,39 @@ class PerSampleNoise:
         return self.draw()
 
 
+class PixelSpace(Autoencoder):
+    """The identity autoencoder of pixel-space models: images in [0, 1] <-> the denoiser's ``[-1, 1]`` pixels.
+
+    What a :class:`DiffusionPipeline` uses when it is given no autoencoder (DDPM, DDIM).
+    """
+
+    downscale = 1
+
+    def __init__(self, sample_shape: tuple[int, int, int]):
+        super().__init__()
+        self.sample_shape = tuple(sample_shape)
+        self.latent_channels = self.sample_shape[0]
+
+    def preprocess(self, images: Tensor) -> Tensor:
+        """Float ``(N, C, H, W)`` images in [0, 1] -> ``(N, C, H, W)`` in [-1, 1]."""
+        check_image_batch(images, channels=self.sample_shape[0], size=self.sample_shape[1:], what="images")
+        if images.min() < 0 or images.max() > 1:
+            raise ValueError(f"images must be in [0, 1] (got [{float(images.min()):.3g}, {float(images.max()):.3g}]); "
+                             f"divide uint8 pixels by 255, or pass input='raw' for model-space tensors in [-1, 1]")
+        return images * 2 - 1
+
+    def encode(self, x: Tensor) -> Tensor:
+        return x
+
+    def decode(self, z: Tensor) -> Tensor:
+        return ((z.float() + 1) / 2).clamp(0, 1)
+
+
 class _EarlyStop(Exception):
     """The user's callback raised StopIteration; carries the step it stopped after."""
 
     def __init__(self, info: StepInfo):
         self.info = info
-
-
-def _refuse_noise(sigma: Tensor, sigma_next: Tensor) -> Tensor:
-    raise ValueError("this sampler injects fresh noise with these settings and so cannot invert; use a "
-                     "deterministic one: 'ode-rk45', 'ddim' (eta=0), 'euler', 'heun' or 'dpmpp-2m'")
 
 
 def _check_mode(what: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -91,10 +126,6 @@ def _checked_grid(sigmas: Tensor) -> Tensor:
         raise ValueError(f"a sigma grid must be finite, strictly descending and end at 0 or above, got "
                          f"{sigmas.tolist()}")
     return sigmas
-
-
-def _col(v: Tensor) -> Tensor:
-    return v.reshape(-1, 1, 1, 1)
 
 
 def _stack_branches(cond: dict[str, Any], uncond: dict[str, Any]) -> dict[str, Any]:
@@ -114,27 +145,51 @@ def _stack_branches(cond: dict[str, Any], uncond: dict[str, Any]) -> dict[str, A
     return both
 
 
-class DiffusionPipeline(nn.Module):
-    """Unconditional or conditional image generation from a :class:`Denoiser`.
+def _deterministic_samplers() -> str:
+    from zoo.api import get_registry
+
+    names = sorted(n for n, s in get_registry().samplers.items() if not s.stochastic)
+    return ", ".join(map(repr, names)) or "none is installed"
+
+
+def _refuse_noise(sigma: Tensor, sigma_next: Tensor) -> Tensor:
+    raise ValueError(f"this sampler injects fresh noise with these settings and so cannot invert; use a "
+                     f"deterministic one ({_deterministic_samplers()}), or settings that inject none (eta=0)")
+
+
+class DiffusionPipeline(Pipeline):
+    """Unconditional or conditional image generation from a :class:`Denoiser`, in pixel or latent space.
 
     Args:
         denoiser: the network, with its prediction type and schedule.
-        sample_shape: ``(C, H, W)`` of one generated sample in the denoiser's space.
+        sample_shape: ``(C, H, W)`` of one sample in the denoiser's space (latents for a latent model).
+        autoencoder: the first stage: ``decode`` maps the final sample to images, ``encode`` images to the
+            denoiser's space for :meth:`invert` (default :class:`PixelSpace`, the identity on [-1, 1] pixels).
+        conditioner: turns ``sample``'s keyword arguments named in ``conditioner.inputs`` into ``cond`` and
+            ``uncond``.
         sampler_defaults: per-sampler options taken from the checkpoint's scheduler config
             (``{"ddim": {"clip_denoised": 1.0}, "ddpm": {"variance": "fixed_large", ...}}``).
-        default_sampler, default_steps: what ``sample`` uses when not told.
+        scheduler_config: the checkpoint's scheduler config as published (what ``compat=`` plans read).
+        default_sampler, default_steps, invert_sampler: what ``sample`` and ``invert`` use when not told (the
+            entry's choice; with none, ``sampler=`` is required).
 
     After every ``sample``/``invert``, ``last_nfe`` holds the number of model evaluations it made.
     """
 
     def __init__(self, denoiser: Denoiser, sample_shape: tuple[int, int, int], *,
-                 sampler_defaults: dict[str, dict[str, Any]] | None = None, default_sampler: str = "ddim",
-                 default_steps: int = 50, name: str = ""):
+                 autoencoder: Autoencoder | None = None, conditioner: Conditioner | None = None,
+                 sampler_defaults: dict[str, dict[str, Any]] | None = None,
+                 scheduler_config: dict[str, Any] | None = None, default_sampler: str | None = None,
+                 default_steps: int = 50, invert_sampler: str | None = None, name: str = ""):
         super().__init__()
         self.denoiser = denoiser
         self.sample_shape = tuple(sample_shape)
+        self.autoencoder = autoencoder if autoencoder is not None else PixelSpace(self.sample_shape)
+        self.conditioner = conditioner
         self.sampler_defaults = sampler_defaults or {}
-        self.default_sampler, self.default_steps, self.name = default_sampler, default_steps, name
+        self.scheduler_config = dict(scheduler_config or {})
+        self.default_sampler, self.default_steps, self.invert_sampler = default_sampler, default_steps, invert_sampler
+        self.name = name
         #: calls of D (model evaluations) made by the latest sample() or invert().
         self.last_nfe = 0
 
@@ -177,20 +232,54 @@ class DiffusionPipeline(nn.Module):
             return getattr(sched, schedule)(steps)
         raise ValueError(f"unknown schedule {schedule!r}: use 'default', 'karras', 'exponential' or a tensor of sigmas")
 
-    def _resolve_sampler(self, sampler: str | Sampler | None, options: dict[str, Any]) -> tuple[Sampler, dict]:
+    def plan(self, impl: Sampler, steps: int, schedule: str | Tensor | None = None, spacing: str | None = None,
+             shift: float | None = None, compat: str | None = None) -> SamplingPlan:
+        """How ``impl`` walks this model: zoo's grid (:meth:`sigmas`), or with ``compat="diffusers"`` the
+        sampler's reproduction of that library's scheduler on this model's scheduler config."""
+        if compat is None:
+            return SamplingPlan([self.sigmas(steps, schedule, spacing, shift)])
+        if schedule not in (None, "default") or shift is not None:
+            raise ValueError(f"compat={compat!r} reproduces a scheduler's own timesteps for a spacing; "
+                             f"schedule= and shift= have no meaning with it")
+        if compat not in impl.plans:
+            from zoo.api import get_registry
+
+            have = sorted(n for n, s in get_registry().samplers.items() if compat in s.plans)
+            raise ValueError(f"sampler {impl.name!r} has no compat={compat!r} plan; samplers that reproduce "
+                             f"{compat}: {', '.join(have) or 'none'}")
+        return impl.plans[compat](self.schedule, steps, spacing, self.scheduler_config)
+
+    def _resolve_sampler(self, sampler: str | Sampler | None, default: str | None) -> Sampler:
         from zoo.api import get_sampler
 
-        sampler = sampler or self.default_sampler
-        impl = get_sampler(sampler) if isinstance(sampler, str) else sampler
-        return impl, {**self.sampler_defaults.get(impl.name, {}), **options}
+        sampler = sampler or default
+        if sampler is None:
+            raise ValueError(f"{self.name or 'this pipeline'} has no default sampler: pass sampler= (see "
+                             f"zoo.list_samplers())")
+        return get_sampler(sampler) if isinstance(sampler, str) else sampler
 
     def _state_dtype(self) -> torch.dtype:
         # The sampler's state stays in float32 for half-precision models; float64 models sample in float64.
         return torch.float64 if self.dtype == torch.float64 else torch.float32
 
+    def _conditioning(self, n: int, cond: dict[str, Any] | None, uncond: dict[str, Any] | None,
+                      options: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """``cond``/``uncond`` as given, else from the conditioner's inputs (taken out of ``options``)."""
+        if self.conditioner is None:
+            return cond, uncond
+        inputs = {k: options.pop(k) for k in self.conditioner.inputs if k in options}
+        if cond is not None:
+            if inputs:
+                raise ValueError(f"pass either cond= or {', '.join(f'{k}=' for k in inputs)}, not both")
+            return cond, uncond
+        c, u = self.conditioner(n, **inputs)
+        on_device = lambda d: d if d is None else {  # noqa: E731
+            k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in d.items()}
+        return on_device(c), uncond if uncond is not None else on_device(u)
+
     def denoise_fn(self, cond: dict[str, Any] | None = None, *, guidance_scale: float = 1.0,
                    uncond: dict[str, Any] | None = None, classifier_grad: ClassifierGrad | None = None,
-                   classifier_scale: float = 1.0) -> DenoiseFn:
+                   classifier_scale: float = 1.0, timesteps: dict[float, Tensor] | None = None) -> DenoiseFn:
         """``D(x, sigma)`` with conditioning and guidance bound in, as samplers want it (see the module docstring).
 
         Args:
@@ -199,8 +288,15 @@ class DiffusionPipeline(nn.Module):
             uncond: the unconditional branch's inputs, same keys (leading dim N or 1).
             classifier_grad: ``(x_t, t) -> grad_{x_t} log p(y | x_t)`` in the model's space, for classifier guidance.
             classifier_scale: its weight.
+            timesteps: the model time to feed at each sigma of the grid (a :class:`SamplingPlan`'s), by value.
         """
         cond, denoiser, schedule = cond or {}, self.denoiser, self.schedule
+
+        def model_time(sigma: Tensor) -> Tensor:
+            if timesteps is not None and float(sigma.reshape(-1)[0]) in timesteps:
+                return timesteps[float(sigma.reshape(-1)[0])]
+            return schedule.sigma_to_t(sigma)
+
         if guidance_scale != 1.0:
             if uncond is None:
                 raise ValueError("guidance_scale != 1 needs uncond=, the inputs of the unconditional branch "
@@ -208,12 +304,15 @@ class DiffusionPipeline(nn.Module):
             both = _stack_branches(cond, uncond)
 
             def D(x: Tensor, sigma: Tensor) -> Tensor:
-                sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x.device).expand(x.shape[0])
-                d_cond, d_uncond = denoiser.denoise(torch.cat([x, x]), sigma.repeat(2), **both).chunk(2)
+                sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x.device)
+                t = model_time(sigma)
+                d_cond, d_uncond = denoiser.denoise(torch.cat([x, x]), sigma.expand(x.shape[0]).repeat(2),
+                                                    t=t if t.ndim == 0 else t.repeat(2), **both).chunk(2)
                 return d_uncond + guidance_scale * (d_cond - d_uncond)
         else:
             def D(x: Tensor, sigma: Tensor) -> Tensor:
-                return denoiser.denoise(x, sigma, **cond)
+                sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x.device)
+                return denoiser.denoise(x, sigma, t=model_time(sigma), **cond)
         if classifier_grad is None:
             return D
 
@@ -222,21 +321,21 @@ class DiffusionPipeline(nn.Module):
             c, a = schedule.input_scale(sigma), schedule.signal_scale(sigma)
             # sample() runs under inference_mode; the classifier needs autograd, on a tensor made outside it.
             with torch.inference_mode(False), torch.enable_grad():
-                x_t = (x * _col(c).to(x.dtype)).to(denoiser.model_dtype).requires_grad_()
-                grad = classifier_grad(x_t, schedule.sigma_to_t(sigma).to(torch.float32)).detach()
+                x_t = (x * per_sample(c, x).to(x.dtype)).to(denoiser.model_dtype).requires_grad_()
+                grad = classifier_grad(x_t, model_time(sigma).to(denoiser.time_dtype)).detach()
             # D += lam * sigma^2 / a * c * grad_{x_t}; at a = 0 (flow's sigma = 1) x carries no signal to guide.
             weight = torch.where(a > 0, sigma**2 * c / a.clamp_min(1e-12), torch.zeros_like(a))
-            return D(x, sigma) + (classifier_scale * _col(weight) * grad.to(torch.float64)).to(x.dtype)
+            return D(x, sigma) + (classifier_scale * per_sample(weight, x) * grad.to(torch.float64)).to(x.dtype)
         return D_classifier
 
     @torch.inference_mode()
     def sample(self, n: int, *, steps: int | None = None, sampler: str | Sampler | None = None,
                noise: Tensor | None = None, generator: torch.Generator | None = None,
                schedule: str | Tensor | None = None, spacing: str | None = None, shift: float | None = None,
-               callback: Callback | None = None, progress: bool = True, output: str = "images",
-               cond: dict[str, Any] | None = None, guidance_scale: float = 1.0, uncond: dict[str, Any] | None = None,
-               classifier_grad: ClassifierGrad | None = None, classifier_scale: float = 1.0,
-               **options: Any) -> Tensor:
+               compat: str | None = None, callback: Callback | None = None, progress: bool = True,
+               output: str = "images", cond: dict[str, Any] | None = None, guidance_scale: float = 1.0,
+               uncond: dict[str, Any] | None = None, classifier_grad: ClassifierGrad | None = None,
+               classifier_scale: float = 1.0, **options: Any) -> Tensor:
         """Generate ``n`` samples.
 
         Args:
@@ -244,38 +343,49 @@ class DiffusionPipeline(nn.Module):
             steps: number of sampler steps (model evaluations per step depend on the sampler; ``last_nfe``
                 reports them afterwards; ode-rk45 takes as many as its tolerances need).
             sampler: a name from ``zoo.list_samplers()`` or a Sampler instance (default: the entry's).
-            noise: ``(n, C, H, W)`` standard-normal starting noise, the same for every sampler (the pipeline
-                scales it to the grid's first sigma); drawn per sample from ``generator`` if None.
+            noise: ``(n, C, H, W)`` standard-normal starting noise in the denoiser's space, the same for every
+                sampler (the pipeline scales it to the grid's first sigma); drawn per sample from ``generator``
+                if None.
             generator: seeds the starting noise and every stochastic step's noise, per sample.
             schedule / spacing / shift: the sigma grid (see :meth:`sigmas`).
+            compat: ``"diffusers"`` walks the grid diffusers' scheduler of the same name walks for ``spacing``
+                (its timesteps, starting noise scale and quirks), so that ``sampler=S, spacing=P, steps=N,
+                compat="diffusers"`` gives what diffusers' scheduler S with ``timestep_spacing=P`` gives from
+                the same unit noise. None (default) is zoo's own grid (see :meth:`plan`).
             callback: called with a :class:`StepInfo` after each step; raising StopIteration ends sampling there
                 and returns that step's x (still noisy unless at sigma 0), mapped to the model's space.
-            output: ``"images"`` for float ``(n, C, H, W)`` in [0, 1]; ``"raw"`` for the model-space tensor.
+            output: ``"images"`` for float ``(n, C, H, W)`` in [0, 1] (decoded by the autoencoder); ``"raw"``
+                for the denoiser-space tensor (latents, for a latent model).
             cond, guidance_scale, uncond, classifier_grad, classifier_scale: conditioning and guidance, see
-                :meth:`denoise_fn`.
-            **options: sampler options (``eta=`` for DDIM, ``rtol=`` for ode-rk45, ...).
+                :meth:`denoise_fn`; a pipeline with a conditioner makes cond and uncond from its inputs.
+            **options: the conditioner's inputs (``labels=``, ``prompt=``...), then sampler options (``eta=``
+                for DDIM, ``rtol=`` for ode-rk45, ...).
         Returns:
             ``(n, C, H, W)`` float32 on the pipeline's device.
         """
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive number of samples, got {n!r}")
         _check_mode("output", output, ("images", "raw"))
-        impl, options = self._resolve_sampler(sampler, options)
-        sigmas = self.sigmas(steps or self.default_steps, schedule, spacing, shift).to(self.device)
+        cond, uncond = self._conditioning(n, cond, uncond, options)
+        impl = self._resolve_sampler(sampler, self.default_sampler)
+        plan = self.plan(impl, steps or self.default_steps, schedule, spacing, shift, compat)
+        # the checkpoint's defaults, then what the plan needs to reproduce its library, then the user's own
+        options = {**self.sampler_defaults.get(impl.name, {}), **plan.options, **options}
+        segments = [s.to(self.device) for s in plan.segments]
         state_dtype = self._state_dtype()
         noise_source = PerSampleNoise(n, self.sample_shape, generator=generator, device=self.device, dtype=state_dtype)
         if noise is None:
             noise = noise_source.draw()
         elif tuple(noise.shape) != (n, *self.sample_shape):
             raise ValueError(f"noise must have shape {(n, *self.sample_shape)}, got {tuple(noise.shape)}")
-        x = noise.to(self.device, state_dtype) * self.schedule.prior_scale(sigmas[0])
-        D = self._counted(self.denoise_fn(cond, guidance_scale=guidance_scale, uncond=uncond,
-                                          classifier_grad=classifier_grad, classifier_scale=classifier_scale))
+        start = plan.start_scale if plan.start_scale is not None else self.schedule.prior_scale(segments[0][0])
+        x = noise.to(self.device, state_dtype) * start
         self.last_nfe = 0
-        x, sigma_end = self._run(impl, D, x, sigmas, noise_source if impl.stochastic else None, callback, progress,
-                                 options)
+        x, sigma_end = self._run(impl, x, segments, plan.timesteps, noise_source if impl.stochastic else None,
+                                 callback, progress, options, dict(cond=cond, guidance_scale=guidance_scale,
+                                 uncond=uncond, classifier_grad=classifier_grad, classifier_scale=classifier_scale))
         x = x * self.schedule.input_scale(torch.tensor(sigma_end, dtype=torch.float64)).to(x)  # to model space
-        return x.float() if output == "raw" else ((x.float() + 1) / 2).clamp(0, 1)
+        return x.float() if output == "raw" else self.autoencoder.decode(x).float()
 
     def _counted(self, denoise: DenoiseFn) -> DenoiseFn:
         """D that adds one to ``last_nfe`` per call: one counter for every sampler, so NFEs compare."""
@@ -284,15 +394,18 @@ class DiffusionPipeline(nn.Module):
             return denoise(x, sigma)
         return D
 
-    def _run(self, impl: Sampler, denoise: DenoiseFn, x: Tensor, sigmas: Tensor, noise_sampler, callback,
-             progress: bool, options: dict) -> tuple[Tensor, float]:
-        """Run a sampler with a progress bar and early stopping; returns the final x and the sigma it sits at."""
+    def _run(self, impl: Sampler, x: Tensor, segments: list[Tensor], timesteps: list[Tensor] | None,
+             noise_sampler, callback, progress: bool, options: dict, guidance: dict) -> tuple[Tensor, float]:
+        """Run a sampler over a plan's segments with one progress bar and early stopping; returns the final x
+        and the sigma it sits at. Between segments x is carried in the model's own space."""
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(sigmas) - 1, desc=f"{self.name or 'sampling'} [{impl.name}]", disable=not progress,
-                   leave=False)
+        bar = tqdm(total=sum(len(s) - 1 for s in segments), desc=f"{self.name or 'sampling'} [{impl.name}]",
+                   disable=not progress, leave=False)
+        offset = 0
 
         def on_step(info: StepInfo) -> None:
+            info.step += offset
             if info.step >= bar.total:  # adaptive samplers choose their own number of steps
                 bar.total = info.step + 1
             bar.update(1)
@@ -303,17 +416,26 @@ class DiffusionPipeline(nn.Module):
                     raise _EarlyStop(info) from None
 
         try:
-            x = impl(denoise, x, sigmas, signal_scale=self.schedule.signal_scale,
-                     noise_sampler=noise_sampler, callback=on_step, **options)
-            return x, float(sigmas[-1])
+            for k, sigmas in enumerate(segments):
+                times = None if timesteps is None else {float(s): t for s, t in zip(sigmas.cpu(), timesteps[k])}
+                D = self._counted(self.denoise_fn(**guidance, timesteps=times))
+                x = impl(D, x, sigmas, signal_scale=self.schedule.signal_scale, noise_sampler=noise_sampler,
+                         callback=on_step, **options)
+                offset += len(sigmas) - 1
+                if k + 1 < len(segments):  # keep x_t = c(sigma) * x, re-read at the next segment's first sigma
+                    x = x * (self.schedule.input_scale(sigmas[-1]) / self.schedule.input_scale(segments[k + 1][0])).to(x)
+            return x, float(segments[-1][-1])
         except _EarlyStop as stop:
             info = stop.info
-            return info.x, info.sigma_next if info.sigma_next is not None else float(sigmas[info.step + 1])
+            if info.sigma_next is not None:
+                return info.x, info.sigma_next
+            local = info.step - offset  # the step's index inside the segment that stopped
+            return info.x, float(segments[min(k, len(segments) - 1)][local + 1])
         finally:
             bar.close()
 
     @torch.inference_mode()
-    def invert(self, images: Tensor, *, steps: int | None = None, sampler: str | Sampler = "ode-rk45",
+    def invert(self, images: Tensor, *, steps: int | None = None, sampler: str | Sampler | None = None,
                schedule: str | Tensor | None = None, spacing: str | None = None, shift: float | None = None,
                progress: bool = True, input: str = "images", cond: dict[str, Any] | None = None,
                guidance_scale: float = 1.0, uncond: dict[str, Any] | None = None,
@@ -329,23 +451,27 @@ class DiffusionPipeline(nn.Module):
         which converges in a few evaluations because near sigma = 0, D is close to ``x / a``.
 
         Args:
-            images: ``(N, C, H, W)`` in [0, 1] (``input="images"``) or model-space (``input="raw"``, as
-                ``sample(output="raw")`` returns).
+            images: ``(N, C, H, W)`` images in [0, 1] (``input="images"``; encoded by the autoencoder first) or
+                denoiser-space tensors (``input="raw"``, as ``sample(output="raw")`` returns).
+            sampler: default: the entry's inversion sampler.
             Others as in :meth:`sample`.
         Returns:
             ``(N, C, H, W)`` standard-normal-scaled noise in the state dtype (float32, float64 for float64 models).
         """
         _check_mode("input", input, ("images", "raw"))
-        check_image_batch(images, channels=self.sample_shape[0], size=self.sample_shape[1:], what="images")
-        if input == "images" and (images.min() < 0 or images.max() > 1):
-            raise ValueError(f"images must be in [0, 1] (got [{float(images.min()):.3g}, {float(images.max()):.3g}]); "
-                             f"divide uint8 pixels by 255, or pass input='raw' for model-space tensors in [-1, 1]")
-        impl, options = self._resolve_sampler(sampler, options)
+        if input == "images":
+            x0 = self.autoencoder.encode(self.autoencoder.preprocess(images))
+        else:
+            check_image_batch(images, channels=self.sample_shape[0], size=self.sample_shape[1:], what="images")
+            x0 = images
+        cond, uncond = self._conditioning(len(x0), cond, uncond, options)
+        impl = self._resolve_sampler(sampler, self.invert_sampler or self.default_sampler)
+        options = {**self.sampler_defaults.get(impl.name, {}), **options}
         sigmas = self.sigmas(steps or self.default_steps, schedule, spacing, shift).to(self.device)
-        x0 = images.to(self.device, self._state_dtype())
-        x0 = x0 * 2 - 1 if input == "images" else x0
-        D = self._counted(self.denoise_fn(cond, guidance_scale=guidance_scale, uncond=uncond,
-                                          classifier_grad=classifier_grad, classifier_scale=classifier_scale))
+        x0 = x0.to(self.device, self._state_dtype())
+        guidance = dict(cond=cond, guidance_scale=guidance_scale, uncond=uncond, classifier_grad=classifier_grad,
+                        classifier_scale=classifier_scale)
+        D = self._counted(self.denoise_fn(**guidance))
         self.last_nfe = 0
         if sigmas[-1] == 0:
             x = self._undo_final_step(D, x0, sigmas[-2])
@@ -353,7 +479,8 @@ class DiffusionPipeline(nn.Module):
         else:  # the grid ends at a positive sigma (DDIM's set_alpha_to_one=False): x0 is x_t there
             x = x0 / self.schedule.input_scale(sigmas[-1]).to(x0)
             path = sigmas.flip(0)
-        x, _ = self._run(impl, D, x, path, _refuse_noise if impl.stochastic else None, None, progress, options)
+        x, _ = self._run(impl, x, [path], None, _refuse_noise if impl.stochastic else None, None, progress, options,
+                         guidance)
         return x / self.schedule.prior_scale(sigmas[0])
 
     def _undo_final_step(self, denoise: DenoiseFn, x0: Tensor, sigma: Tensor, max_iters: int = 8) -> Tensor:
@@ -367,3 +494,42 @@ class DiffusionPipeline(nn.Module):
             if float(residual.abs().max()) <= tol:
                 break
         return x
+
+
+class ClassConditioner(Conditioner):
+    """Class labels -> ``class_labels`` for a class-conditional denoiser, with the null class as ``uncond``.
+
+    ``labels`` may be ids or names (looked up in ``id2label``, case-insensitively); one label is repeated for
+    the whole batch. The unconditional branch gets ``null_label`` (DiT's 1000, -1 for zoo.testing's mixture).
+    """
+
+    inputs = ("labels",)
+
+    def __init__(self, num_classes: int, null_label: int, id2label: dict[int, str] | None = None):
+        super().__init__()
+        self.num_classes, self.null_label = num_classes, null_label
+        self.label2id = {name.strip().lower(): i for i, names in (id2label or {}).items()
+                         for name in str(names).split(",")}
+
+    def forward(self, n: int, labels: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
+        if labels is None:
+            raise ValueError(f"this model is class-conditional: pass labels= (ids 0..{self.num_classes - 1} or names)")
+        items = list(labels) if isinstance(labels, (list, tuple, Tensor)) else [labels]
+        if len(items) == 1:
+            items = items * n
+        if len(items) != n:
+            raise ValueError(f"labels= gives {len(items)} labels for {n} samples: give one, or one per sample")
+        ids = [self._id(item) for item in items]
+        return ({"class_labels": torch.tensor(ids)}, {"class_labels": torch.full((n,), self.null_label)})
+
+    def _id(self, label: Any) -> int:
+        if isinstance(label, str):
+            key = label.strip().lower()
+            if key not in self.label2id:
+                raise ValueError(f"unknown class name {label!r}: use an id 0..{self.num_classes - 1} or a name of "
+                                 f"this model's id2label")
+            return self.label2id[key]
+        label = int(label)
+        if not 0 <= label < self.num_classes:
+            raise ValueError(f"class label {label} is outside 0..{self.num_classes - 1}")
+        return label

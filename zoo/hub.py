@@ -114,7 +114,7 @@ def fetch(entry: ModelEntry, weights: str | os.PathLike | None = None) -> Path:
         if entry.local_dir is None:
             raise MissingFileError(f"model {entry.name!r} names neither a Hub repo nor a local directory")
         return _check_local_dir(entry, Path(entry.local_dir))
-    if not entry.files:
+    if not entry.all_files:
         raise MissingFileError(f"model {entry.name!r} lists no files to fetch")
     repo_id = str(weights) if weights is not None else entry.repo_id
     revision = entry.revision if weights is None else None
@@ -124,7 +124,7 @@ def fetch(entry: ModelEntry, weights: str | os.PathLike | None = None) -> Path:
                       f"keep the cache, or pass weights= a local directory.", UnpinnedRevisionWarning, stacklevel=3)
     cfg = settings()
     root: Path | None = None
-    for slot in entry.files:
+    for slot in entry.all_files:
         path, name = _download_first(entry, repo_id, revision, _alternatives(slot), cfg, weights is not None)
         verify_blob(path)
         if root is None:
@@ -133,7 +133,27 @@ def fetch(entry: ModelEntry, weights: str | os.PathLike | None = None) -> Path:
             # downloads would otherwise split the model across two snapshot folders (and two versions).
             if _COMMIT.fullmatch(root.name):
                 revision = root.name
-    return root  # type: ignore[return-value] - entry.files is not empty, so the loop set it
+        if name.endswith(".index.json"):  # a sharded checkpoint: its shards, from the same commit
+            for shard in shard_files(path):
+                relative = str(Path(name).parent / shard) if "/" in name else shard
+                shard_path, _ = _download_first(entry, repo_id, revision, (relative,), cfg, weights is not None)
+                verify_blob(shard_path)
+    return root  # type: ignore[return-value] - entry.all_files is not empty, so the loop set it
+
+
+def shard_files(index: Path) -> list[str]:
+    """The shard file names a sharded checkpoint's ``*.index.json`` lists (its ``weight_map`` values), sorted."""
+    import json
+
+    try:
+        weight_map = json.loads(Path(index).read_text()).get("weight_map", {})
+    except (OSError, ValueError, AttributeError) as exc:
+        raise CorruptWeightsError(f"{index} is not a readable sharded-checkpoint index ({exc}); delete it and "
+                                  f"download again") from exc
+    names = sorted(set(weight_map.values())) if isinstance(weight_map, dict) else []
+    if not names or any(not isinstance(n, str) or "/" in n or n.startswith(".") for n in names):
+        raise CorruptWeightsError(f"{index}: its weight_map names no shard files, or names files outside its folder")
+    return names
 
 
 def download(entry: ModelEntry | str, weights: str | os.PathLike | None = None) -> Path:
@@ -220,7 +240,7 @@ def _first_line(exc: BaseException | None) -> str:
 def _check_local_dir(entry: ModelEntry, root: Path) -> Path:
     """Accept a folder holding the entry's files at its root, or one level down, as a diffusers pipeline saves
     its components (``unet/config.json``, ``scheduler/scheduler_config.json``); the builder picks the layout."""
-    for slot in entry.files:
+    for slot in entry.all_files:
         names = _alternatives(slot)
         if not any((root / n).is_file() or any(root.glob(f"*/{n}")) for n in names):
             raise MissingFileError(f"{root} holds none of {', '.join(names)}, which {entry.name!r} needs "

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -40,6 +40,24 @@ _TORCH_MODES = {"nearest": "nearest-exact", "bilinear": "bilinear", "bicubic": "
 # transformers stores the PIL resampling filter as its integer code.
 _HF_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}
 _HF_RESAMPLE_NAMES = {1: "lanczos", 4: "box", 5: "hamming"}
+
+
+@dataclass(frozen=True)
+class ProcessorDefaults:
+    """What a transformers image processor class assumes for keys its ``preprocessor_config.json`` leaves out.
+
+    The defaults here are those of a plain square-resize processor (bilinear to 224x224, no crop, mean and std
+    0.5); a family whose processor class says otherwise passes its own. ``default_to_square``: whether a bare
+    int ``size`` means a square (True) or the shorter edge (False), transformers' attribute of the same name.
+    """
+
+    resample: int = 2
+    size: Any = field(default_factory=lambda: {"height": 224, "width": 224})
+    do_center_crop: bool = False
+    crop_size: Any = 224
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    default_to_square: bool = True
 
 
 @dataclass(frozen=True)
@@ -95,42 +113,40 @@ class ImagePreprocess:
                    std=tuple(pretrained_cfg.get("std", (0.229, 0.224, 0.225))), rescale=1 / 255, crop_rounding="round")
 
     @classmethod
-    def from_hf_preprocessor(cls, cfg: dict) -> ImagePreprocess:
-        """From a transformers ``preprocessor_config.json`` (ViT, CLIP or SigLIP image processor / feature extractor).
+    def from_hf_preprocessor(cls, cfg: dict, defaults: ProcessorDefaults | None = None) -> ImagePreprocess:
+        """From a transformers ``preprocessor_config.json`` (an image processor's or feature extractor's config).
 
-        Missing keys take the processor class's defaults. A bare int ``size`` means a square for ViT-style
-        processors and the shorter edge for CLIP/SigLIP ones (their ``default_to_square = False``).
+        A config leaves out what its processor class takes as given; ``defaults`` says what that is for the
+        family's processor class (its class attributes: see :class:`ProcessorDefaults`; the CLIP and SigLIP
+        families pass their processors'). Without it, the defaults of a plain square-resize processor apply.
         """
-        kind = str(cfg.get("image_processor_type") or cfg.get("feature_extractor_type") or "ViTImageProcessor")
-        clip_like = "clip" in kind.lower() or "siglip" in kind.lower()
-        defaults = _HF_DEFAULTS["clip" if "clip" in kind.lower() else "siglip" if "siglip" in kind.lower() else "vit"]
-
-        resample = cfg.get("resample", defaults["resample"])
+        d = defaults or ProcessorDefaults()
+        resample = cfg.get("resample", d.resample)
         if resample not in _HF_RESAMPLE:
             raise NotImplementedError(f"resample {_HF_RESAMPLE_NAMES.get(resample, resample)!r} is not supported; "
                                       f"zoo implements {sorted(_HF_RESAMPLE.values())}")
         resize: int | tuple[int, int] | None = None
         if cfg.get("do_resize", True):
-            size = cfg.get("size", defaults["size"])
+            size = cfg.get("size", d.size)
             if isinstance(size, dict) and set(size) == {"shortest_edge"}:
                 resize = int(size["shortest_edge"])
             elif isinstance(size, dict) and {"height", "width"} <= set(size):
                 resize = (int(size["height"]), int(size["width"]))
             elif isinstance(size, int):
-                resize = size if clip_like else (size, size)
+                resize = (size, size) if d.default_to_square else size
             else:
                 raise NotImplementedError(f"preprocessor size {size!r} is not supported (expected an int, "
                                           "{'shortest_edge': n} or {'height': h, 'width': w})")
         crop = None
-        if cfg.get("do_center_crop", defaults["do_center_crop"]):
-            c = cfg.get("crop_size", defaults["crop_size"])
+        if cfg.get("do_center_crop", d.do_center_crop):
+            c = cfg.get("crop_size", d.crop_size)
             crop = (c, c) if isinstance(c, int) else (int(c["height"]), int(c["width"]))
         final = crop or (resize if isinstance(resize, tuple) else None)
         if final is None:
             raise NotImplementedError("preprocessor gives no fixed output size (no crop and no exact resize)")
         normalize = cfg.get("do_normalize", True)
-        mean = tuple(cfg.get("image_mean", defaults["mean"])) if normalize else (0.0, 0.0, 0.0)
-        std = tuple(cfg.get("image_std", defaults["std"])) if normalize else (1.0, 1.0, 1.0)
+        mean = tuple(cfg.get("image_mean", d.mean)) if normalize else (0.0, 0.0, 0.0)
+        std = tuple(cfg.get("image_std", d.std)) if normalize else (1.0, 1.0, 1.0)
         rescale = cfg.get("rescale_factor", 1 / 255) if cfg.get("do_rescale", True) else 1.0
         return cls(size=final, resize=resize, crop=crop, interpolation=_HF_RESAMPLE[resample], mean=mean, std=std,
                    rescale=float(rescale), crop_rounding="floor")
@@ -184,17 +200,6 @@ class ImagePreprocess:
         mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device).view(3, 1, 1)
         std = torch.tensor(self.std, dtype=torch.float32, device=x.device).view(3, 1, 1)
         return ((x - mean) / std).contiguous()
-
-
-_HF_DEFAULTS: dict[str, dict[str, Any]] = {
-    # the class attributes of transformers' ViTImageProcessor, CLIPImageProcessor and SiglipImageProcessor
-    "vit": {"resample": 2, "size": {"height": 224, "width": 224}, "do_center_crop": False, "crop_size": 224,
-            "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)},
-    "clip": {"resample": 3, "size": {"shortest_edge": 224}, "do_center_crop": True, "crop_size": 224,
-             "mean": (0.48145466, 0.4578275, 0.40821073), "std": (0.26862954, 0.26130258, 0.27577711)},
-    "siglip": {"resample": 3, "size": {"height": 224, "width": 224}, "do_center_crop": False, "crop_size": 224,
-               "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)},
-}
 
 
 def _resized_size(hw: tuple[int, int], resize: int | tuple[int, int]) -> tuple[int, int]:

@@ -15,10 +15,12 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import Tensor, nn
 
+from zoo.registry import Renames
+
 from .errors import CorruptWeightsError, MissingFileError, UnsafeWeightsError, WeightsMismatchError
 
-Renames = Iterable[tuple[str, str]]
-"""A conversion table: ``(regex, replacement)`` pairs applied in order to every key (``re.sub``, full match)."""
+__all__ = ["Renames", "check_state_dict", "fuse_qkv", "load_into", "load_sharded", "load_state_dict", "read_json",
+           "rename"]
 
 
 def read_json(path: Path) -> dict:
@@ -86,6 +88,63 @@ def _load_pickle(path: Path) -> dict[str, Tensor]:
                                   f"{type(odd[1]).__name__}, not a tensor (keys: {_listing(sorted(map(str, obj)))}); is it a training "
                                   f"checkpoint that wraps the weights under another key?")
     return dict(obj)
+
+
+def load_sharded(index: Path) -> dict[str, Tensor]:
+    """Read a sharded checkpoint through its ``*.index.json`` (``{"weight_map": {key: shard file}}``).
+
+    Every shard named by the index is read from the index's folder (safetensors or ``.bin``, each as
+    :func:`load_state_dict` reads them); a key the index places in a shard that does not hold it, or a key held
+    by two shards, is a :class:`CorruptWeightsError`.
+    """
+    index = Path(index)
+    weight_map = read_json(index).get("weight_map")
+    if not isinstance(weight_map, Mapping) or not weight_map:
+        raise CorruptWeightsError(f"{index} has no weight_map (key -> shard file): not a sharded-checkpoint index")
+    out: dict[str, Tensor] = {}
+    for shard in sorted(set(weight_map.values())):
+        path = index.parent / shard
+        if not path.is_file():
+            raise MissingFileError(f"{index} names shard {shard}, which is not in {index.parent}: download it again")
+        tensors = load_state_dict(path)
+        twice = sorted(set(tensors) & set(out))
+        if twice:
+            raise CorruptWeightsError(f"{path} holds {_listing(twice)}, already read from another shard")
+        out.update(tensors)
+    misplaced = sorted(k for k, shard in weight_map.items() if k not in out)
+    if misplaced:
+        raise CorruptWeightsError(f"{index} lists keys no shard holds: {_listing(misplaced)}; a shard is stale "
+                                  f"or damaged: download the repo again")
+    return out
+
+
+def fuse_qkv(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Concatenate separate ``*.q.{weight,bias}``, ``*.k.*``, ``*.v.*`` into fused ``*.qkv.*`` (rows q|k|v).
+
+    The layout timm's and zoo's attention use (heads contiguous inside each of q, k, v). Conversion tables
+    rename a checkpoint's query/key/value projections to ``q``/``k``/``v`` beside each other; this fuses every
+    such triple. Works on meta tensors too (manifest checks).
+
+    Raises:
+        WeightsMismatchError: a triple is incomplete (naming the missing projection).
+    """
+    out: dict[str, Tensor] = {}
+    parts: dict[tuple[str, str], dict[str, Tensor]] = {}
+    for key, value in state_dict.items():
+        m = re.fullmatch(r"(.+)\.([qkv])\.(weight|bias)", key)
+        if m:
+            parts.setdefault((m[1], m[3]), {})[m[2]] = value
+        else:
+            out[key] = value
+    for (prefix, kind), qkv in parts.items():
+        if set(qkv) != {"q", "k", "v"}:
+            missing = ", ".join(f"{prefix}.{n}.{kind}" for n in "qkv" if n not in qkv)
+            raise WeightsMismatchError(
+                f"missing {missing} (names after conversion): the checkpoint has only the "
+                f"{'/'.join(sorted(qkv))} {kind} of the query/key/value projections of {prefix}, and all three are "
+                f"needed")
+        out[f"{prefix}.qkv.{kind}"] = torch.cat([qkv["q"], qkv["k"], qkv["v"]], dim=0)
+    return out
 
 
 def rename(state_dict: Mapping[str, Tensor], table: Renames) -> dict[str, Tensor]:

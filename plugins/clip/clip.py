@@ -2,16 +2,19 @@
 text embeddings have a high cosine similarity.
 
 The file also holds what SigLIP (``siglip.py``) reuses: the pre-norm Transformer block, the text tower and
-:class:`ImageTextModel`, the shared interface (preprocess, tokenize, encode_image, encode_text, zero_shot).
+:class:`ImageTextModel`, the shared interface (preprocess, tokenize, encode_image, encode_text, encode_tokens,
+zero_shot): a zoo ``Encoder`` and ``TextEncoder`` at once.
 
 Parameter names are ours (timm-like: ``blocks.i.norm1``, ``attn.qkv``, ``mlp.fc1``); the published layouts are
 converted by the rename tables at the bottom plus one small function per layout for what a table cannot say
-(q/k/v fused into one matrix, projections stored transposed).
+(q/k/v fused into one matrix, projections stored transposed). Each layout is one ``Component`` there: what
+``zoo.loader.load_component`` needs to build the model from a repo in that layout.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from abc import abstractmethod
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable, Sequence
 
@@ -19,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zoo.classifier import fuse_qkv, image_input
 from zoo.errors import MissingFileError
-from zoo.registry import Encoder
+from zoo.registry import MODEL_WEIGHTS, Component, Encoder, TextEncoder, TextFeatures
+from zoo.weights import fuse_qkv
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),  # OpenAI's weights were trained with this approximation
@@ -108,21 +111,8 @@ class TowerConfig:
     mlp_dim: int = 3072
 
 
-class TwoTowerConfig:
-    """What CLIP's and SigLIP's configs share: rebuilding from plain data."""
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]):
-        """The inverse of ``dataclasses.asdict`` (an entry's ``config``); unknown keys are ignored."""
-        d = dict(d)
-        for tower in ("vision", "text"):
-            if isinstance(d.get(tower), dict):
-                d[tower] = TowerConfig(**d[tower])
-        return cls(**{k: v for k, v in d.items() if k in {f.name for f in fields(cls)}})
-
-
 @dataclass(frozen=True)
-class CLIPConfig(TwoTowerConfig):
+class CLIPConfig:
     """Defaults: openai/clip-vit-base-patch32."""
 
     embed_dim: int = 512
@@ -268,32 +258,61 @@ class TextTower(nn.Module):
         self.norm_final = nn.LayerNorm(tower.width, eps=eps)
         self.proj = nn.Linear(tower.width, out_dim, bias=proj_bias)
 
+    @property
+    def causal(self) -> bool:
+        return self.pool == "eot"
+
+    def pooled_index(self, ids: Tensor) -> Tensor:
+        """``(N, L)`` token ids -> ``(N,)`` the position each text is pooled at."""
+        if self.pool == "eot":
+            return ids.argmax(dim=-1)
+        return torch.full((ids.shape[0],), ids.shape[1] - 1, device=ids.device)
+
+    def embed(self, ids: Tensor) -> Tensor:
+        """``(N, L)`` token ids -> ``(N, L, width)`` token + position embeddings."""
+        return self.token_embed(ids) + self.pos_embed[: ids.shape[1]]
+
     def forward(self, ids: Tensor) -> Tensor:
-        """``(N, L)`` int64 token ids -> ``(N, out_dim)`` text embeddings (not normalised)."""
-        causal = self.pool == "eot"
-        if causal:
-            pooled = ids.argmax(dim=-1)
-            # under a causal mask nothing after the last end token can reach it: skip the padding entirely
+        """``(N, L)`` int64 token ids -> ``(N, out_dim)`` text embeddings (not normalised).
+
+        The fast path: only what the pooled token depends on is computed (see :meth:`hidden_states` for all)."""
+        pooled = self.pooled_index(ids)
+        if self.causal:  # under a causal mask nothing after the last end token can reach it: skip the padding
             ids = ids[:, : int(pooled.max()) + 1]
-        else:
-            pooled = torch.full((ids.shape[0],), ids.shape[1] - 1, device=ids.device)
-        x = self.token_embed(ids) + self.pos_embed[: ids.shape[1]]
+        x = self.embed(ids)
         for block in self.blocks[:-1]:
-            x = block(x, causal)
-        x = self.blocks[-1](x, causal, index=pooled)  # (N, 1, D): only the pooled token is read out
+            x = block(x, self.causal)
+        x = self.blocks[-1](x, self.causal, index=pooled)  # (N, 1, D): only the pooled token is read out
         return self.proj(self.norm_final(x[:, 0]))
+
+    def hidden_states(self, ids: Tensor) -> list[Tensor]:
+        """``(N, L)`` int64 token ids -> ``layers + 1`` tensors ``(N, L, width)``: the embeddings, then the output
+        of each block, every token computed (padding included, as the reference models do), before
+        ``norm_final``. The numbering of transformers' ``output_hidden_states``."""
+        states = [self.embed(ids)]
+        for block in self.blocks:
+            states.append(block(states[-1], self.causal))
+        return states
+
+
+def _layer(layer: int, blocks: int) -> int:
+    """A hidden-state number (0..blocks, or negative from the end) checked against a tower of ``blocks`` blocks."""
+    if isinstance(layer, bool) or not isinstance(layer, int) or not -(blocks + 1) <= layer <= blocks:
+        raise ValueError(f"layer must be None or an int from {-(blocks + 1)} to {blocks} (0: the embeddings, i: the "
+                         f"output of block i, -1: of the last; this text tower has {blocks} blocks), got {layer!r}")
+    return layer
 
 
 # -- the shared model interface -------------------------------------------------------------------------------------
 
 
-class ImageTextModel(Encoder):
+class ImageTextModel(Encoder, TextEncoder):
     """What CLIP and SigLIP share: two towers, their preprocessing and tokenizer, and zero-shot classification.
 
-    ``tokenizer`` (strings -> ``(N, L)`` ids) and ``transform`` (images -> ``(N, 3, H, W)``) are attached by the
-    builder from the checkpoint's own files (the tokenizer only when there are files: ``pretrained=False`` builds
-    none). Like every zoo Encoder, ``preprocess`` returns the model's device and dtype, and ``encode_image`` checks
-    its batch and moves it there (see :func:`zoo.classifier.image_input`).
+    The ``Encoder`` contract reads images (``preprocess``, ``encode`` = :meth:`encode_image`), the ``TextEncoder``
+    contract text (``tokenize``, :meth:`encode_text`, :meth:`encode_tokens`). ``tokenizer`` (strings -> ``(N, L)``
+    ids) and ``transform`` (images -> ``(N, 3, H, W)``) are attached by the builder from the checkpoint's own files
+    (the tokenizer only when there are files: ``pretrained=False`` builds none).
     """
 
     visual: nn.Module
@@ -302,15 +321,6 @@ class ImageTextModel(Encoder):
     logit_bias: nn.Parameter | None  # set in __init__: a class default would hide the registered parameter
     tokenizer: Callable[[list[str]], Tensor] | None = None
     transform: Callable[[Any], Tensor] | None = None
-    name: str = ""  # the registry entry's name, set by the builder (for messages)
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.logit_scale.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.logit_scale.device
 
     def preprocess(self, images: Any) -> Tensor:
         """PIL images, paths, uint8 / float ``[0, 1]`` tensors -> ``(N, 3, H, W)`` model input, on the model's
@@ -331,19 +341,35 @@ class ImageTextModel(Encoder):
 
     def encode_image(self, x: Tensor, normalize: bool = False) -> Tensor:
         """``(N, 3, H, W)`` preprocessed images -> ``(N, E)`` embeddings, L2-normalised on request."""
-        x = image_input(x, size=self.image_size, device=self.device, dtype=self.dtype,
-                        name=f"{self.name or type(self).__name__} encode_image")
-        out = self.visual(x)
+        out = self.visual(self.model_input(x))
         return F.normalize(out, dim=-1) if normalize else out
 
     def encode_text(self, text: str | Sequence[str] | Tensor, normalize: bool = False) -> Tensor:
-        """Strings or ``(N, L)`` int64 token ids -> ``(N, E)`` embeddings, L2-normalised on request."""
-        ids = text if isinstance(text, Tensor) else self.tokenize(text)
-        if ids.ndim != 2 or ids.shape[0] == 0 or ids.is_floating_point():
-            got = f"{ids.dtype} of shape {tuple(ids.shape)}" if isinstance(text, Tensor) else "no text"
-            raise ValueError(f"encode_text takes strings or (N, L) int64 token ids with N >= 1, got {got}")
-        out = self.text(ids.to(self.device))
+        """Strings or ``(N, L)`` int64 token ids -> ``(N, E)`` embeddings, L2-normalised on request.
+
+        The same embedding as ``encode_tokens(ids).pooled``, on the text tower's fast path (the last block
+        computes the pooled token alone; CLIP skips the padding after the last end token)."""
+        out = self.text(self.token_ids(text))
         return F.normalize(out, dim=-1) if normalize else out
+
+    def encode_tokens(self, ids: Tensor, *, layer: int | None = None) -> TextFeatures:
+        """``(N, L)`` int64 token ids -> :class:`~zoo.registry.TextFeatures`.
+
+        ``states`` ``(N, L, width)``: the hidden states of ``layer`` (0: the embeddings, ``i``: the output of
+        block ``i``, negative from the end, before the final LayerNorm; None: the final states, after it).
+        ``pooled`` ``(N, E)``: the projected text embedding, from the final layer whatever ``layer`` is (what
+        :meth:`encode_text` returns). ``mask`` ``(N, L)`` bool: True on the text's tokens (see :meth:`text_mask`).
+        """
+        ids = self.token_ids(ids)
+        states = self.text.hidden_states(ids)
+        final = self.text.norm_final(states[-1])
+        pooled = self.text.proj(final[torch.arange(ids.shape[0], device=ids.device), self.text.pooled_index(ids)])
+        chosen = final if layer is None else states[_layer(layer, len(states) - 1)]
+        return TextFeatures(states=chosen, pooled=pooled, mask=self.text_mask(ids))
+
+    @abstractmethod
+    def text_mask(self, ids: Tensor) -> Tensor:
+        """``(N, L)`` token ids -> ``(N, L)`` bool, True on the text's own tokens (its end token included)."""
 
     def encode(self, x: Tensor) -> Tensor:
         """The Encoder contract: image embeddings (not normalised)."""
@@ -398,37 +424,40 @@ class CLIP(ImageTextModel):
     """CLIP: ``encode_image``/``encode_text`` give ``(N, embed_dim)``; zero-shot probabilities are a softmax over
     ``exp(logit_scale) * cos(image, label)``."""
 
-    config_class = CLIPConfig
-
     def __init__(self, cfg: CLIPConfig = CLIPConfig()) -> None:
         super().__init__()
         self.config = cfg
         self.image_size = (cfg.image_size, cfg.image_size)
+        self.context_length = cfg.context_length
         self.visual = VisionTower(cfg)
         self.text = TextTower(cfg.vocab_size, cfg.context_length, cfg.text, cfg.embed_dim, act=cfg.act, eps=cfg.eps)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # 0-dim; trained value ln(100)
         self.logit_bias = None
 
+    def text_mask(self, ids: Tensor) -> Tensor:
+        """True through the first end-of-text token: what the causal tower pools (the padding after it, whatever
+        its id, is not the text's)."""
+        return torch.arange(ids.shape[1], device=ids.device) <= self.text.pooled_index(ids)[:, None]
 
 
 # -- converting the published layouts -------------------------------------------------------------------------------
 
 # Inside every transformers encoder layer (CLIP and SigLIP). q/k/v stay separate here and are fused by
-# zoo.classifier.fuse_qkv (the one the ViT and Swin conversions use; a missing projection is a WeightsMismatchError).
-TRANSFORMERS_BLOCK = [
+# zoo.weights.fuse_qkv (the one the ViT and Swin conversions use; a missing projection is a WeightsMismatchError).
+TRANSFORMERS_BLOCK = (
     (r"(.*\.blocks\.\d+)\.layer_norm([12])\.(weight|bias)", r"\1.norm\2.\3"),
     (r"(.*\.blocks\.\d+)\.self_attn\.([qkv])_proj\.(weight|bias)", r"\1.attn.\2.\3"),
     (r"(.*\.blocks\.\d+)\.self_attn\.out_proj\.(weight|bias)", r"\1.attn.proj.\2"),
-]
+)
 # transformers' text model prefixes (CLIP and SigLIP)
-TRANSFORMERS_TEXT = [
+TRANSFORMERS_TEXT = (
     (r"text_model\.embeddings\.token_embedding\.weight", "text.token_embed.weight"),
     (r"text_model\.embeddings\.position_embedding\.weight", "text.pos_embed"),
     (r"text_model\.encoder\.layers\.(\d+)\.(.*)", r"text.blocks.\1.\2"),
     (r"text_model\.final_layer_norm\.(weight|bias)", r"text.norm_final.\1"),
-]
+)
 # transformers CLIPModel (openai/clip-vit-*, the laion repos' HF twins)
-TRANSFORMERS_CLIP = [
+TRANSFORMERS_CLIP = (
     (r"vision_model\.embeddings\.patch_embedding\.weight", "visual.patch_embed.weight"),
     (r"vision_model\.embeddings\.class_embedding", "visual.cls_token"),
     (r"vision_model\.embeddings\.position_embedding\.weight", "visual.pos_embed"),
@@ -439,17 +468,17 @@ TRANSFORMERS_CLIP = [
     (r"text_projection\.weight", "text.proj.weight"),
     *TRANSFORMERS_TEXT,
     *TRANSFORMERS_BLOCK,
-]
+)
 # Inside every open_clip residual block (OpenAI's original names; in_proj is already our fused qkv).
-OPEN_CLIP_BLOCK = [
+OPEN_CLIP_BLOCK = (
     (r"(.*\.blocks\.\d+)\.ln_([12])\.(weight|bias)", r"\1.norm\2.\3"),
     (r"(.*\.blocks\.\d+)\.attn\.in_proj_(weight|bias)", r"\1.attn.qkv.\2"),
     (r"(.*\.blocks\.\d+)\.attn\.out_proj\.(weight|bias)", r"\1.attn.proj.\2"),
     (r"(.*\.blocks\.\d+)\.mlp\.c_fc\.(weight|bias)", r"\1.mlp.fc1.\2"),
     (r"(.*\.blocks\.\d+)\.mlp\.c_proj\.(weight|bias)", r"\1.mlp.fc2.\2"),
-]
+)
 # open_clip CLIP (laion/CLIP-ViT-*; also OpenAI's original .pt layout). The text tower has no prefix.
-OPEN_CLIP = [
+OPEN_CLIP = (
     (r"visual\.conv1\.weight", "visual.patch_embed.weight"),
     (r"visual\.class_embedding", "visual.cls_token"),
     (r"visual\.positional_embedding", "visual.pos_embed"),
@@ -463,22 +492,25 @@ OPEN_CLIP = [
     (r"ln_final\.(weight|bias)", r"text.norm_final.\1"),
     (r"text_projection", "text.proj.weight"),  # stored (D, E) as well
     *OPEN_CLIP_BLOCK,
-]
+)
 #: buffers in published files that the model recomputes (legacy transformers position ids, open_clip's mask)
-IGNORED = [r".*position_ids", r"attn_mask", r"text\.attn_mask"]
+IGNORED = (r".*position_ids", r"attn_mask", r"text\.attn_mask")
+#: open_clip's weight files; some laion repos name the safetensors copy open_clip_pytorch_model.safetensors
+OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
+                     "open_clip_pytorch_model.bin")
 
 
-def from_transformers(sd: dict[str, Tensor]) -> dict[str, Tensor]:
-    """A transformers ``CLIPModel`` state dict -> ours."""
-    from zoo.weights import rename
-    return fuse_qkv(rename(sd, TRANSFORMERS_CLIP))
+def transpose_projections(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """After :data:`OPEN_CLIP`: open_clip multiplies ``x @ P`` with both projections stored ``(D, E)``;
+    ``nn.Linear`` holds ``P.T``."""
+    return {k: v.T.contiguous() if k in ("visual.proj.weight", "text.proj.weight") else v for k, v in sd.items()}
 
 
-def from_open_clip(sd: dict[str, Tensor]) -> dict[str, Tensor]:
-    """An open_clip ``CLIP`` state dict -> ours."""
-    from zoo.weights import rename
-    sd = rename(sd, OPEN_CLIP)
-    for key in ("visual.proj.weight", "text.proj.weight"):
-        if key in sd:
-            sd[key] = sd[key].T.contiguous()  # open_clip multiplies x @ P; nn.Linear stores P.T
-    return sd
+#: CLIP in each published layout, as ``zoo.loader.load_component`` builds it (an entry adds its ``config``: the
+#: architecture ``pretrained=False`` builds). transformers: ``config.json`` + ``model.safetensors``; open_clip:
+#: ``open_clip_config.json`` + ``open_clip_model.safetensors``.
+TRANSFORMERS_COMPONENT = Component(name="model", build=CLIP, read_config=CLIPConfig.from_transformers,
+                                   weights=MODEL_WEIGHTS, renames=TRANSFORMERS_CLIP, convert=fuse_qkv, ignore=IGNORED)
+OPEN_CLIP_COMPONENT = Component(name="model", build=CLIP, read_config=CLIPConfig.from_open_clip,
+                                config_file="open_clip_config.json", weights=OPEN_CLIP_WEIGHTS, renames=OPEN_CLIP,
+                                convert=transpose_projections, ignore=IGNORED)

@@ -5,8 +5,8 @@ What differs from CLIP (``clip.py``, whose Transformer block and text tower this
 * image tower: patch embedding with a bias, no class token and no LayerNorm before the blocks; a LayerNorm over
   all tokens after them, then multi-head attention pooling (MAP): one learned probe attends over the tokens,
   followed by a residual MLP. The pooled vector is the embedding (no projection);
-* text tower: bidirectional attention over text padded to a fixed 64 tokens, pooled at the last position, and a
-  projection with a bias;
+* text tower: bidirectional attention over text padded to a fixed 64 tokens (with ``</s>``, which the tower
+  attends to like any token), pooled at the last position, and a projection with a bias;
 * a learned ``logit_bias`` next to ``logit_scale``; probabilities are ``sigmoid(logit)`` per image-text pair;
 * GELU is big_vision's tanh approximation, as the weights were trained (transformers agrees; timm/open_clip use
   the exact erf form on the same weights, which moves embeddings by ~1e-3; ``act="gelu"`` reproduces them).
@@ -20,14 +20,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zoo.classifier import fuse_qkv
+from zoo.registry import MODEL_WEIGHTS, Component
+from zoo.weights import fuse_qkv
 
-from .clip import (MLP, OPEN_CLIP_BLOCK, TRANSFORMERS_BLOCK, TRANSFORMERS_TEXT, ImageTextModel, TextTower,
-                   TowerConfig, TwoTowerConfig, _blocks, _hf_tower, _one_value, _square, canonical_activation)
+from .clip import (IGNORED, MLP, OPEN_CLIP_BLOCK, OPEN_CLIP_WEIGHTS, TRANSFORMERS_BLOCK, TRANSFORMERS_TEXT,
+                   ImageTextModel, TextTower, TowerConfig, _blocks, _hf_tower, _one_value, _square,
+                   canonical_activation)
 
 
 @dataclass(frozen=True)
-class SigLIPConfig(TwoTowerConfig):
+class SigLIPConfig:
     """Defaults: google/siglip-base-patch16-224."""
 
     image_size: int = 224
@@ -142,7 +144,8 @@ class SigLIP(ImageTextModel):
     """SigLIP: zero-shot probabilities are ``sigmoid(exp(logit_scale) * cos(image, label) + logit_bias)``, each
     image-label pair on its own (they do not sum to one over labels)."""
 
-    config_class = SigLIPConfig
+    #: ``</s>``, SigLIP's end token and its padding (T5's vocabulary; the tokenizer checks the piece is there).
+    end_id: int = 1
 
     def __init__(self, cfg: SigLIPConfig = SigLIPConfig()) -> None:
         super().__init__()
@@ -150,6 +153,7 @@ class SigLIP(ImageTextModel):
             raise ValueError(f"text embed_dim {cfg.embed_dim} must equal the image width {cfg.vision.width}")
         self.config = cfg
         self.image_size = (cfg.image_size, cfg.image_size)
+        self.context_length = cfg.context_length
         self.visual = VisionTower(cfg)
         self.text = TextTower(cfg.vocab_size, cfg.context_length, cfg.text, cfg.embed_dim, act=cfg.act, eps=cfg.eps,
                               pool="last", proj_bias=True)
@@ -160,26 +164,33 @@ class SigLIP(ImageTextModel):
     def probabilities(self, logits: Tensor) -> Tensor:
         return torch.sigmoid(logits)
 
+    def text_mask(self, ids: Tensor) -> Tensor:
+        """True through the first ``</s>``: the text padded with more ``</s>`` (which the tower attends to all the
+        same, and pools the last of) is marked as the text and its end token; a text cut without one, all True."""
+        end = ids == self.end_id
+        first = torch.where(end.any(dim=-1), end.int().argmax(dim=-1), ids.shape[1] - 1)
+        return torch.arange(ids.shape[1], device=ids.device) <= first[:, None]
+
 
 # -- converting the published layouts -------------------------------------------------------------------------------
 
 # transformers SiglipModel (google/siglip-*)
-TRANSFORMERS_SIGLIP = [
+TRANSFORMERS_SIGLIP = (
     (r"vision_model\.embeddings\.patch_embedding\.(weight|bias)", r"visual.patch_embed.\1"),
     (r"vision_model\.embeddings\.position_embedding\.weight", "visual.pos_embed"),
     (r"vision_model\.encoder\.layers\.(\d+)\.(.*)", r"visual.blocks.\1.\2"),
     (r"vision_model\.post_layernorm\.(weight|bias)", r"visual.norm.\1"),
     (r"vision_model\.head\.probe", "visual.pool.probe"),
-    (r"vision_model\.head\.attention\.in_proj_(weight|bias)", r"visual.pool.in_proj.\1"),  # split by from_transformers
+    (r"vision_model\.head\.attention\.in_proj_(weight|bias)", r"visual.pool.in_proj.\1"),  # split below
     (r"vision_model\.head\.attention\.out_proj\.(weight|bias)", r"visual.pool.proj.\1"),
     (r"vision_model\.head\.layernorm\.(weight|bias)", r"visual.pool.norm.\1"),
     (r"vision_model\.head\.mlp\.(fc[12])\.(weight|bias)", r"visual.pool.mlp.\1.\2"),
     (r"text_model\.head\.(weight|bias)", r"text.proj.\1"),
     *TRANSFORMERS_TEXT,
     *TRANSFORMERS_BLOCK,
-]
+)
 # open_clip CustomTextCLIP with a timm trunk (timm/ViT-*-SigLIP*): timm's names are already ours inside blocks
-OPEN_CLIP_SIGLIP = [
+OPEN_CLIP_SIGLIP = (
     (r"visual\.trunk\.patch_embed\.proj\.(weight|bias)", r"visual.patch_embed.\1"),
     (r"visual\.trunk\.pos_embed", "visual.pos_embed"),  # (1, T, D): squeezed below
     (r"visual\.trunk\.blocks\.(.*)", r"visual.blocks.\1"),
@@ -192,28 +203,31 @@ OPEN_CLIP_SIGLIP = [
     (r"text\.ln_final\.(weight|bias)", r"text.norm_final.\1"),
     (r"text\.text_projection\.(weight|bias)", r"text.proj.\1"),
     *OPEN_CLIP_BLOCK,
-]
+)
 
 
-def from_transformers(sd: dict[str, Tensor]) -> dict[str, Tensor]:
-    """A transformers ``SiglipModel`` state dict -> ours."""
-    from zoo.weights import rename
-    sd = fuse_qkv(rename(sd, TRANSFORMERS_SIGLIP))
-    for leaf in ("weight", "bias"):  # torch MultiheadAttention's fused q|k|v: the probe's q, the tokens' k|v
+def convert_transformers(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """After :data:`TRANSFORMERS_SIGLIP`: q/k/v fused in every block; the pooling head's torch
+    ``MultiheadAttention`` in_proj (q|k|v rows) split into the probe's q and the tokens' k|v; the logit scale and
+    bias, shape (1,) in transformers, made 0-dim."""
+    sd = fuse_qkv(sd)  # before the split: the head's q would otherwise look like a block's
+    for leaf in ("weight", "bias"):
         in_proj = sd.pop(f"visual.pool.in_proj.{leaf}", None)
         if in_proj is not None:
             d = in_proj.shape[0] // 3
             sd[f"visual.pool.q.{leaf}"], sd[f"visual.pool.kv.{leaf}"] = in_proj[:d], in_proj[d:]
-    for key in ("logit_scale", "logit_bias"):  # shape (1,) in transformers
-        if key in sd:
-            sd[key] = sd[key].reshape(())
-    return sd
+    return {k: v.reshape(()) if k in ("logit_scale", "logit_bias") else v for k, v in sd.items()}
 
 
-def from_open_clip(sd: dict[str, Tensor]) -> dict[str, Tensor]:
-    """An open_clip ``CustomTextCLIP`` (timm SigLIP trunk) state dict -> ours."""
-    from zoo.weights import rename
-    sd = rename(sd, OPEN_CLIP_SIGLIP)
-    if "visual.pos_embed" in sd:
-        sd["visual.pos_embed"] = sd["visual.pos_embed"].reshape(sd["visual.pos_embed"].shape[-2:])
-    return sd
+def squeeze_pos_embed(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """After :data:`OPEN_CLIP_SIGLIP`: timm's position embedding ``(1, T, D)`` -> ours ``(T, D)``."""
+    return {k: v.reshape(v.shape[-2:]) if k == "visual.pos_embed" else v for k, v in sd.items()}
+
+
+#: SigLIP in each published layout, as ``zoo.loader.load_component`` builds it (an entry adds its ``config``).
+TRANSFORMERS_COMPONENT = Component(name="model", build=SigLIP, read_config=SigLIPConfig.from_transformers,
+                                   weights=MODEL_WEIGHTS, renames=TRANSFORMERS_SIGLIP, convert=convert_transformers,
+                                   ignore=IGNORED)
+OPEN_CLIP_COMPONENT = Component(name="model", build=SigLIP, read_config=SigLIPConfig.from_open_clip,
+                                config_file="open_clip_config.json", weights=OPEN_CLIP_WEIGHTS,
+                                renames=OPEN_CLIP_SIGLIP, convert=squeeze_pos_embed, ignore=IGNORED)

@@ -19,11 +19,12 @@ in the package, so ``zoo sample ddpm-digits`` works on a machine with no network
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from zoo.registry import ModelEntry, hookimpl
 
-from .model import build_pipeline
+from .model import PUBLISHED_CONFIGS, build_pipeline, unet_component
 from .train_digits import train as train_digits
 
 #: The commit each repo is pinned to, as in the other built-in plugins: hashes found in public material that records
@@ -41,8 +42,8 @@ REVISIONS: dict[str, str | None] = {
     "google/ddpm-cat-256": "82ca0d5db4a5ec6ff0e9be8d86852490bc18a3d9",
 }
 
-FILES = ("config.json", "scheduler_config.json",
-         ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"))
+#: besides the U-Net component (its config.json and weights), every DDPM repo holds its scheduler config.
+FILES = ("scheduler_config.json",)
 DDPM_PAPER = "Ho, Jain & Abbeel 2020, Denoising Diffusion Probabilistic Models, arXiv:2006.11239"
 DDIM_PAPER = "Song, Meng & Ermon 2020, Denoising Diffusion Implicit Models, arXiv:2010.02502"
 DIGITS_DIR = Path(__file__).parent / "weights" / "ddpm-digits"
@@ -62,30 +63,38 @@ _GOOGLE = [
 ]
 # DDIM paper (Song et al. 2020, Table 1, eta=0, DDPM-trained CIFAR-10 model, quadratic timestep spacing; zoo and
 # diffusers use "leading" spacing, so expect somewhat different numbers).
+#: how every DDPM entry inverts images (the probability-flow ODE, adaptive: see DiffusionPipeline.invert).
+_SAMPLING = {"invert_sampler": "ode-rk45"}
 _DDIM_CIFAR = "FID 13.4 at 10 steps, 6.8 at 20, 4.7 at 50, 4.2 at 100 (CIFAR-10, eta=0; Song et al. 2020, Table 1)"
 
 
 def _google_entries() -> list[ModelEntry]:
     entries = []
     for short, repo, what, result in _GOOGLE:
+        unet, scheduler = PUBLISHED_CONFIGS[repo]
         common = dict(family="ddpm", interface="pipeline", build=build_pipeline, repo_id=repo,
-                      revision=REVISIONS[repo], files=FILES, license="apache-2.0")
+                      revision=REVISIONS[repo], components=(unet_component(unet),), files=FILES, license="apache-2.0")
         entries.append(ModelEntry(
             name=f"ddpm-{short}", paper=DDPM_PAPER, result=result,
-            config={"default_sampler": "ddpm", "default_steps": 1000},
+            config={"default_sampler": "ddpm", "default_steps": 1000, **_SAMPLING, "scheduler": scheduler},
             description=f"DDPM ({repo}): {what}, 1000-step ancestral sampling as published.", **common))
         entries.append(ModelEntry(
             name=f"ddim-{short}", paper=f"{DDIM_PAPER}; weights: {DDPM_PAPER}",
             result=_DDIM_CIFAR if short == "cifar" else f"DDPM sampling: {result}",
-            config={"default_sampler": "ddim", "default_steps": 50},
+            config={"default_sampler": "ddim", "default_steps": 50, **_SAMPLING, "scheduler": scheduler},
             description=f"DDIM sampling of the DDPM {repo}: {what}, 50 deterministic steps.", **common))
     return entries
 
 
+def _shipped(name: str) -> dict:
+    return json.loads((DIGITS_DIR / name).read_text())
+
+
 DIGITS = ModelEntry(
-    name="ddpm-digits", family="ddpm", interface="pipeline", build=build_pipeline, files=FILES,
-    local_dir=DIGITS_DIR, train=train_digits, license="BSD-3-Clause (data: scikit-learn digits); weights: Apache-2.0",
-    paper=DDPM_PAPER, config={"default_sampler": "ddim", "default_steps": 50},
+    name="ddpm-digits", family="ddpm", interface="pipeline", build=build_pipeline,
+    components=(unet_component(_shipped("config.json")),), files=FILES, local_dir=DIGITS_DIR, train=train_digits,
+    license="BSD-3-Clause (data: scikit-learn digits); weights: Apache-2.0", paper=DDPM_PAPER,
+    config={"default_sampler": "ddim", "default_steps": 50, **_SAMPLING, "scheduler": _shipped("scheduler_config.json")},
     result="98% of samples (DDIM, 50 steps) are recognisable digits to a digit classifier, every class present "
            "(held-out real digits: 99.7%; tests/test_ddpm_digits.py)",
     description="A small DDPM trained by zoo on scikit-learn's handwritten digits (16x16 greyscale), shipped in "
@@ -93,5 +102,6 @@ DIGITS = ModelEntry(
 
 
 @hookimpl
-def zoo_models() -> list[ModelEntry]:
-    return [*_google_entries(), DIGITS]
+def zoo_models(register) -> None:
+    for entry in (*_google_entries(), DIGITS):
+        register(entry)

@@ -3,6 +3,7 @@
 A folder holds ``config.json`` (the U-Net), ``scheduler_config.json`` (betas, prediction type, clipping,
 variance) and ``diffusion_pytorch_model.safetensors`` or ``.bin``, either at its root (the google/ddpm-* repos,
 zoo's ddpm-digits) or in ``unet/`` and ``scheduler/`` subfolders (what ``DDPMPipeline.save_pretrained`` writes).
+The U-Net is one component (:func:`unet_component`) that ``zoo.loader`` builds and loads like any other.
 """
 from __future__ import annotations
 
@@ -14,17 +15,15 @@ import torch
 from torch import Tensor
 
 from zoo.diffusion import DiffusionPipeline
-from zoo.errors import MissingFileError
-from zoo.hub import pick
-from zoo.registry import DiscreteVPSchedule, Denoiser, ModelEntry
-from zoo.weights import load_into, load_state_dict, read_json, rename
+from zoo.loader import load_component
+from zoo.registry import DIFFUSERS_WEIGHTS, Component, Denoiser, DiscreteVPSchedule, ModelEntry
+from zoo.weights import read_json
 
 from .unet import LEGACY_ATTENTION_RENAMES, UNet2DConfig, UNet2DModel
 
-WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
-
-# The published configs of the google/ddpm-* repos (see shared NOTES: cifar10-32 and the 256 family share
-# everything but channels, depth and the variance), so `pretrained=False` builds the architecture offline.
+# The published configs of the google/ddpm-* repos (see their NOTES in tests/checkpoints: cifar10-32 and the 256
+# family share everything but channels, depth and the variance), so `pretrained=False` builds the architecture
+# offline; tests/test_manifests.py checks them against the repos' own files.
 _GOOGLE_UNET = {
     "act_fn": "silu", "attention_head_dim": None, "center_input_sample": False, "downsample_padding": 0,
     "flip_sin_to_cos": False, "freq_shift": 1, "in_channels": 3, "out_channels": 3, "layers_per_block": 2,
@@ -46,6 +45,21 @@ PUBLISHED_CONFIGS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
 
 #: diffusers' ``prediction_type`` -> zoo's name for the same parameterisation.
 PREDICTION_TYPES = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
+
+
+def flatten_conv_attention(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Very old conversions stored the attention projections as 1x1 convs ``(C, C, 1, 1)``; the network uses
+    Linear ``(C, C)``. (A reshape, which a rename table cannot say.)"""
+    return {k: v.flatten(1) if ".attentions." in k and k.endswith(".weight") and v.ndim == 4 else v
+            for k, v in state_dict.items()}
+
+
+def unet_component(config: dict[str, Any] | None, subfolder: str = "") -> Component:
+    """The U-Net of a diffusers DDPM repo: ``config.json`` + ``diffusion_pytorch_model.*``, legacy attention names
+    converted. ``config`` is the published ``config.json`` (for ``pretrained=False``)."""
+    return Component(name="unet", build=UNet2DModel, read_config=UNet2DConfig.from_dict,
+                     config=UNet2DConfig.from_dict(config) if config is not None else None, subfolder=subfolder,
+                     weights=DIFFUSERS_WEIGHTS, renames=LEGACY_ATTENTION_RENAMES, convert=flatten_conv_attention)
 
 
 class DDPMDenoiser(Denoiser):
@@ -126,66 +140,34 @@ def sampler_defaults(scheduler_config: dict[str, Any]) -> dict[str, dict[str, An
     return {"ddim": {"clip_denoised": clip}, "ddpm": {"variance": variance, "clip_denoised": clip}}
 
 
-def _layout(files: Path) -> tuple[Path, Path]:
-    """(folder of config.json + weights, folder of scheduler_config.json): root layout, else subfolders."""
-    if (files / "config.json").is_file():
-        return files, files
-    if (files / "unet" / "config.json").is_file():
-        return files / "unet", files / "scheduler"
-    raise MissingFileError(f"{files} holds neither config.json nor unet/config.json: not a DDPM folder in Hub layout")
-
-
-def load_unet(files: Path, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> UNet2DModel:
-    """Build the U-Net from ``config.json`` and load its weights (safetensors first, else the ``.bin``).
-
-    Legacy attention names are converted, then every key and shape is checked (strict): a file for another
-    config fails here with the offending keys named. The model is built on the meta device and the file's
-    tensors assigned, so no memory or time goes into a random initialisation that would be overwritten.
-    """
-    unet_dir, _ = _layout(files)
-    cfg = UNet2DConfig.from_dict(read_json(unet_dir / "config.json"))
-    weights = pick(unet_dir, WEIGHT_FILES)
-    state = rename(load_state_dict(weights), LEGACY_ATTENTION_RENAMES)
-    # Very old conversions stored the attention projections as 1x1 convs [C, C, 1, 1]; the network uses Linear.
-    state = {k: v.flatten(1) if ".attentions." in k and k.endswith(".weight") and v.ndim == 4 else v
-             for k, v in state.items()}
-    with torch.device("meta"):
-        unet = UNet2DModel(cfg)
-    load_into(unet, state, source=str(weights))
-    return unet.to(device=device, dtype=dtype).eval()
+def scheduler_config(entry: ModelEntry, files: Path | None) -> dict[str, Any]:
+    """The checkpoint's ``scheduler_config.json`` (at the root, or in ``scheduler/``), checked; without files the
+    entry's packaged copy (``entry.config["scheduler"]``)."""
+    if files is None:
+        config, source = dict(entry.config["scheduler"]), f"{entry.name}'s packaged scheduler config"
+    else:
+        path = Path(files) / "scheduler_config.json"
+        path = path if path.is_file() or not (Path(files) / "scheduler" / path.name).is_file() else \
+            Path(files) / "scheduler" / path.name
+        config, source = read_json(path), str(path)
+    check_scheduler_config(config, source)
+    return config
 
 
 def build_pipeline(entry: ModelEntry, files: Path | None, *, device: torch.device | str = "cpu",
-                   dtype: torch.dtype = torch.float32, **kwargs: Any) -> DiffusionPipeline:
+                   dtype: torch.dtype = torch.float32) -> DiffusionPipeline:
     """The registry's builder for every DDPM entry: files in Hub layout -> a DiffusionPipeline.
 
     ``files=None`` (``zoo.create(..., pretrained=False)``) builds the architecture with random weights from
-    the published configs above (or, for a model zoo trains itself, those of its shipped folder).
+    the published configs the entry carries.
     """
-    if kwargs:
-        raise TypeError(f"{entry.name}: unknown option(s) {', '.join(sorted(kwargs))}; DDPM models take only "
-                        f"weights=, device= and dtype=")
-    if files is None:
-        if entry.local_dir is not None:
-            folder = Path(entry.local_dir)
-            unet_cfg, sched_cfg = read_json(folder / "config.json"), read_json(folder / "scheduler_config.json")
-            check_scheduler_config(sched_cfg, str(folder / "scheduler_config.json"))
-        elif entry.repo_id in PUBLISHED_CONFIGS:
-            unet_cfg, sched_cfg = PUBLISHED_CONFIGS[entry.repo_id]
-            check_scheduler_config(sched_cfg, f"{entry.name}'s scheduler config")
-        else:
-            raise MissingFileError(f"{entry.name}: no known config to build without weights; pass weights=")
-        unet = UNet2DModel(UNet2DConfig.from_dict(unet_cfg)).to(device=device, dtype=dtype).eval()
-    else:
-        files = Path(files)
-        _, sched_dir = _layout(files)
-        sched_cfg = read_json(sched_dir / "scheduler_config.json")
-        check_scheduler_config(sched_cfg, str(sched_dir / "scheduler_config.json"))  # before the weights load
-        unet = load_unet(files, device=device, dtype=dtype)
+    sched_cfg = scheduler_config(entry, files)  # checked before any weight is read
+    unet = load_component(entry.component("unet"), files, device=device, dtype=dtype)
     denoiser = DDPMDenoiser(unet, DiscreteVPSchedule.from_scheduler_config(sched_cfg),
                             prediction_from_config(sched_cfg))
     cfg = unet.config
     return DiffusionPipeline(
         denoiser, (cfg.in_channels, *cfg.image_size), sampler_defaults=sampler_defaults(sched_cfg),
-        default_sampler=entry.config.get("default_sampler", "ddim"),
-        default_steps=entry.config.get("default_steps", 50), name=entry.name)
+        scheduler_config=sched_cfg, default_sampler=entry.config.get("default_sampler"),
+        default_steps=entry.config.get("default_steps", 50), invert_sampler=entry.config.get("invert_sampler"),
+        name=entry.name)

@@ -20,5 +20,6 @@ SAMPLERS = [ddpm, ddim, euler, euler_ancestral, heun, dpmpp_2m, flow_euler, ode_
 
 
 @hookimpl
-def zoo_samplers():
-    return SAMPLERS
+def zoo_samplers(register) -> None:
+    for s in SAMPLERS:
+        register(s)

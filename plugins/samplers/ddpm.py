@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import torch
 
-from zoo.registry import sampler
+from zoo.registry import implied_noise, report_step, sampler
 
-from .common import implied_noise, report
+from .diffusers_compat import ddim_plan
 
 
-@sampler("ddim", stochastic=True, options=("eta", "clip_denoised"))
+@sampler("ddim", stochastic=True, options=("eta", "clip_denoised"), plans={"diffusers": ddim_plan})
 @torch.no_grad()
 def ddim(denoise, x, sigmas, *, signal_scale, callback=None, noise_sampler=None, eta: float = 0.0,
          clip_denoised: float | None = None):
@@ -35,7 +35,7 @@ def ddim(denoise, x, sigmas, *, signal_scale, callback=None, noise_sampler=None,
         x = a_next * x0 + (sigma_next**2 - std**2).clamp_min(0).sqrt() * eps
         if eta > 0 and sigma_next > 0:
             x = x + std * noise_sampler(sigma, sigma_next)
-        report(callback, i, sigma, x, x0)
+        report_step(callback, i, sigma, x, x0)
     return x
 
 
@@ -68,5 +68,5 @@ def ddpm(denoise, x, sigmas, *, signal_scale, callback=None, noise_sampler=None,
                 raise ValueError(f"unknown variance {variance!r}: use 'fixed_small' or 'fixed_large'")
             mean = mean + var.clamp_min(1e-20).sqrt() * noise_sampler(sigma, sigma_next)
         x = mean
-        report(callback, i, sigma, x, x0)
+        report_step(callback, i, sigma, x, x0)
     return x

@@ -1,19 +1,19 @@
 """First- and second-order ODE steps and their ancestral variant, k-diffusion style (Karras et al. 2022).
 
 All of them read the probability-flow ODE ``dx/dsigma = (x - D(x, sigma)) / sigma``, which holds in both of
-zoo's sampling spaces (see :mod:`zoo.plugins.samplers.common`), so the same few lines sample a DDPM UNet and
+zoo's sampling spaces (see :func:`zoo.registry.ode_slope`), so the same few lines sample a DDPM UNet and
 a rectified-flow transformer.
 """
 from __future__ import annotations
 
 import torch
 
-from zoo.registry import sampler
+from zoo.registry import implied_noise, ode_slope, report_step, sampler
 
-from .common import implied_noise, ode_slope, report
+from .diffusers_compat import euler_plan, heun_plan
 
 
-@sampler("euler")
+@sampler("euler", plans={"diffusers": euler_plan})
 @torch.no_grad()
 def euler(denoise, x, sigmas, *, signal_scale, callback=None):
     """Euler's method on the probability-flow ODE (Karras et al. 2022, alg. 2 without churn).
@@ -25,7 +25,7 @@ def euler(denoise, x, sigmas, *, signal_scale, callback=None):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = denoise(x, sigma)
         x = x + (sigma_next - sigma) * ode_slope(x, denoised, sigma)
-        report(callback, i, sigma, x, denoised)
+        report_step(callback, i, sigma, x, denoised)
     return x
 
 
@@ -41,14 +41,24 @@ def flow_euler(denoise, x, sigmas, *, signal_scale, callback=None):
     return euler.fn(denoise, x, sigmas, signal_scale=signal_scale, callback=callback)
 
 
-@sampler("heun")
+def _clipped(denoise, c: float):
+    """D with its x0 estimate clamped to [-c, c]."""
+    return lambda x, sigma: denoise(x, sigma).clamp(-c, c)
+
+
+@sampler("heun", options=("clip_denoised",), plans={"diffusers": heun_plan})
 @torch.no_grad()
-def heun(denoise, x, sigmas, *, signal_scale, callback=None):
+def heun(denoise, x, sigmas, *, signal_scale, callback=None, clip_denoised: float | None = None):
     """Heun's second-order method (Karras et al. 2022, alg. 1 without churn): two evaluations per step.
 
     An Euler step predicts x at sigma_next; the step actually taken uses the mean of the slopes at both ends
     (trapezoid rule). The last step to sigma = 0 stays Euler: the slope there is 0/0.
+
+    ``clip_denoised`` clamps every estimate of x0 to [-c, c] before its slope is formed, as diffusers'
+    HeunDiscreteScheduler does with ``clip_sample`` (default None: no clipping).
     """
+    if clip_denoised is not None:
+        denoise = _clipped(denoise, clip_denoised)
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = denoise(x, sigma)
@@ -60,7 +70,7 @@ def heun(denoise, x, sigmas, *, signal_scale, callback=None):
             x_pred = x + dt * d
             d_next = ode_slope(x_pred, denoise(x_pred, sigma_next), sigma_next)
             x = x + dt * (d + d_next) / 2
-        report(callback, i, sigma, x, denoised)
+        report_step(callback, i, sigma, x, denoised)
     return x
 
 
@@ -87,5 +97,5 @@ def euler_ancestral(denoise, x, sigmas, *, signal_scale, callback=None, noise_sa
         x = a_next * denoised + sigma_next * (1 - m**2).sqrt() * eps
         if eta > 0 and sigma_next > 0:  # exactly when noise is due, so invert() can refuse this sampler
             x = x + sigma_next * m * s_noise * noise_sampler(sigma, sigma_next)
-        report(callback, i, sigma, x, denoised)
+        report_step(callback, i, sigma, x, denoised)
     return x

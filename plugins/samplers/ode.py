@@ -12,9 +12,7 @@ import numpy as np
 import torch
 from scipy.integrate import RK45
 
-from zoo.registry import sampler
-
-from .common import report
+from zoo.registry import report_step, sampler
 
 
 @sampler("ode-rk45", options=("rtol", "atol"))
@@ -50,9 +48,9 @@ def ode_rk45(denoise, x, sigmas, *, signal_scale, callback=None, rtol: float = 1
                 raise RuntimeError(f"ode-rk45 failed at sigma={math.exp(u):.4g}: {message}")
             x = torch.from_numpy(solver.y).reshape(shape).to(device, dtype)
             # RK45's last stage is evaluated at the accepted point, so `latest` is D at the step's end.
-            report(callback, step, math.exp(u), x, latest["denoised"], math.exp(solver.t))
+            report_step(callback, step, math.exp(u), x, latest["denoised"], math.exp(solver.t))
             step += 1
     if sigmas[-1] == 0:
         x = denoise(x, positive[-1])
-        report(callback, step, end, x, x, 0.0)
+        report_step(callback, step, end, x, x, 0.0)
     return x

@@ -1,21 +1,23 @@
-"""A third-party zoo plugin: one model (``toy-mlp``, an Encoder) and one sampler (``toy-euler``).
+"""A third-party zoo plugin: one model (``toy-mlp``, an Encoder), one sampler (``toy-euler``) and one CLI
+command (``zoo toy-encode``).
 
 Everything a plugin needs is in this file: a builder, a ModelEntry that points at weights shipped inside the
-package (``local_dir``), a sampler made with ``@sampler``, and the two hooks marked ``@hookimpl``. zoo finds it
-through the ``zoo`` entry point in pyproject.toml; zoo's own code never names it.
+package (``local_dir``), a sampler made with ``@sampler``, a ``Command``, and the three hooks marked
+``@hookimpl``, each handed a ``register`` callback. zoo finds it through the ``zoo`` entry point in
+pyproject.toml; zoo's own code never names it.
 """
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from zoo.hub import pick
-from zoo.plugins.samplers.common import report
-from zoo.registry import Encoder, ModelEntry, check_image_batch, hookimpl, sampler
-from zoo.weights import load_into, load_state_dict, read_json
+from zoo.cli import add_model_options, create_from_args
+from zoo.loader import load_component
+from zoo.registry import Command, Component, Encoder, ModelEntry, check_image_batch, hookimpl, report_step, sampler
 
 WEIGHTS = Path(__file__).parent / "weights" / "toy-mlp"
 
@@ -48,45 +50,66 @@ class ToyMLP(Encoder):
     forward = encode
 
 
-def build(entry: ModelEntry, files: Path | None, *, device: torch.device, dtype: torch.dtype, **kwargs: Any) -> ToyMLP:
-    config = {**(read_json(files / "config.json") if files is not None else {}), **entry.config, **kwargs}
-    model = ToyMLP(**config)
-    if files is not None:
-        path = pick(files, entry.files[1])
-        load_into(model, load_state_dict(path), source=str(path))
-    return model.to(device=device, dtype=dtype).eval()
+#: the model's one component: config.json + model.safetensors (or .bin), built and loaded by zoo's loader.
+MODEL = Component(name="model", build=lambda config: ToyMLP(**config), config={"hidden": 32, "dim": 16, "image_size": 8})
+
+
+def build(entry: ModelEntry, files: Path | None, *, device: torch.device, dtype: torch.dtype) -> ToyMLP:
+    return load_component(entry.component("model"), files, device=device, dtype=dtype)
 
 
 @sampler("toy-euler")
 def toy_euler(denoise, x: Tensor, sigmas: Tensor, *, signal_scale, callback=None) -> Tensor:
     """Euler's method on the probability-flow ODE dx/dsigma = (x - D(x, sigma)) / sigma.
 
-    ``report`` after each step hands the pipeline's callback a StepInfo: that drives progress bars and lets a
+    ``report_step`` after each step hands the pipeline's callback a StepInfo: that drives progress bars and lets a
     callback stop sampling early (raising StopIteration). Every sampler should call it.
     """
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = denoise(x, sigma)
         x = x + (x - denoised) / sigma * (sigma_next - sigma)
-        report(callback, i, sigma, x, denoised)
+        report_step(callback, i, sigma, x, denoised)
     return x
 
 
 ENTRY = ModelEntry(
-    name="toy-mlp", family="toy", interface="encoder", build=build, local_dir=WEIGHTS,
-    files=("config.json", ("model.safetensors", "pytorch_model.bin")),
+    name="toy-mlp", family="toy", interface="encoder", build=build, local_dir=WEIGHTS, components=(MODEL,),
     license="Apache-2.0", description="A two-layer MLP over 8x8 images: the test suite's third-party plugin.",
 )
 
 
-@hookimpl
-def zoo_models() -> list[ModelEntry]:
-    return [ENTRY]
+def _encode_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_options(parser)  # NAME, --weights, --device, --dtype, as zoo's own commands take them
+    parser.add_argument("-n", type=int, default=2, help="how many random images to encode")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _encode(args: argparse.Namespace) -> int:
+    """``zoo toy-encode NAME -n 3``: encode random images, print the features' shape and mean norm."""
+    model = create_from_args(args)
+    images = torch.rand(args.n, 3, 8, 8, generator=torch.Generator().manual_seed(args.seed))
+    with torch.inference_mode():
+        features = model.encode(model.preprocess(images))
+    print(f"{args.name}: {features.shape[0]} features of size {features.shape[1]}, "
+          f"mean norm {float(features.norm(dim=1).mean()):.4f}")
+    return 0
 
 
 @hookimpl
-def zoo_samplers() -> list:
-    return [toy_euler]
+def zoo_models(register) -> None:
+    register(ENTRY)
+
+
+@hookimpl
+def zoo_samplers(register) -> None:
+    register(toy_euler)
+
+
+@hookimpl
+def zoo_commands(register) -> None:
+    register(Command("toy-encode", _encode, "encode random images with a toy model (an example plugin command)",
+                     _encode_arguments))
 
 
 def make_weights(seed: int = 0) -> None:

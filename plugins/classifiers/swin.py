@@ -1,0 +1,199 @@
+"""Swin Transformer (Liu et al. 2021) classifiers, run by timm's ``SwinTransformer``.
+
+Two checkpoint layouts load into the same timm module:
+
+* timm's own (``timm/swin_*`` repos), loaded as they are (see ``classifier.build_timm_classifier``);
+* transformers' (``microsoft/swin-*`` repos, ``SwinForImageClassification``), converted by :data:`HF_TO_TIMM`.
+
+Where the layouts differ, and why the table looks as it does:
+
+* **Patch merging sits at the end of a stage in transformers (and the original Microsoft code), at the start of
+  the next one in timm >= 0.9**: ``swin.encoder.layers.{s}.downsample`` is ``layers.{s+1}.downsample``.
+* **The merge's channel order is the same in both**: each concatenates the 2x2 neighbours as
+  ``[x(0,0), x(1,0), x(0,1), x(1,1)]`` ((row, col) offsets; timm by a reshape/permute, transformers by slicing),
+  so ``reduction`` ``(2C, 4C)`` and ``norm`` ``(4C,)`` copy unpermuted. The parity tests would catch a mismatch,
+  and ``tests/test_vit_swin_parity.py`` checks the merge on its own.
+* Relative position bias tables ``((2w-1)^2, heads)`` are indexed identically. The index itself is a buffer
+  timm recomputes (non-persistent); the real HF files still hold it (transformers 4.x saved it), so
+  :func:`convert_hf` compares it with timm's and drops it. timm's shifted-window masks are recomputed too.
+
+Image ``(N, 3, 224, 224)`` -> 4x4 patches ``(N, 56, 56, C)`` -> four stages of window attention, halving the
+resolution and doubling channels at each merge: maps ``(N, C*2^i, 56/2^i, 56/2^i)`` -> final LayerNorm ->
+mean over tokens ``(N, 8C)`` -> head ``(N, classes)``.
+"""
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from zoo.errors import WeightsMismatchError
+from zoo.registry import Component, ModelEntry, Renames
+from zoo.weights import fuse_qkv
+
+from .classifier import (HF_FILES, ImageClassifier, build_hf_classifier, build_timm_classifier, hf_component,
+                         hf_num_classes, timm_component)
+
+_BLOCK = r"swin\.encoder\.layers\.(\d+)\.blocks\.(\d+)"
+
+# transformers SwinForImageClassification (names as saved in the Hub files) -> timm SwinTransformer.
+HF_TO_TIMM: Renames = [
+    (r"swin\.embeddings\.patch_embeddings\.projection\.(weight|bias)", r"patch_embed.proj.\1"),
+    (r"swin\.embeddings\.norm\.(weight|bias)", r"patch_embed.norm.\1"),
+    (rf"{_BLOCK}\.layernorm_before\.(weight|bias)", r"layers.\1.blocks.\2.norm1.\3"),
+    (rf"{_BLOCK}\.attention\.self\.query\.(weight|bias)", r"layers.\1.blocks.\2.attn.q.\3"),
+    (rf"{_BLOCK}\.attention\.self\.key\.(weight|bias)", r"layers.\1.blocks.\2.attn.k.\3"),
+    (rf"{_BLOCK}\.attention\.self\.value\.(weight|bias)", r"layers.\1.blocks.\2.attn.v.\3"),
+    (rf"{_BLOCK}\.attention\.self\.(relative_position_bias_table|relative_position_index)",
+     r"layers.\1.blocks.\2.attn.\3"),
+    (rf"{_BLOCK}\.attention\.output\.dense\.(weight|bias)", r"layers.\1.blocks.\2.attn.proj.\3"),
+    (rf"{_BLOCK}\.layernorm_after\.(weight|bias)", r"layers.\1.blocks.\2.norm2.\3"),
+    (rf"{_BLOCK}\.intermediate\.dense\.(weight|bias)", r"layers.\1.blocks.\2.mlp.fc1.\3"),
+    (rf"{_BLOCK}\.output\.dense\.(weight|bias)", r"layers.\1.blocks.\2.mlp.fc2.\3"),
+    # the merge at the end of HF stage s is the merge at the start of timm stage s + 1 (one rule per stage:
+    # a replacement string cannot add one)
+    *[(rf"swin\.encoder\.layers\.{s}\.downsample\.(reduction|norm)\.(weight|bias)", rf"layers.{s + 1}.downsample.\1.\2")
+      for s in range(7)],
+    (r"swin\.layernorm\.(weight|bias)", r"norm.\1"),
+    (r"classifier\.(weight|bias)", r"head.fc.\1"),
+]
+
+
+def convert_hf(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """After :data:`HF_TO_TIMM`: q/k/v fused, and the legacy ``relative_position_index`` buffers checked against
+    timm's own index, then dropped (works on meta tensors)."""
+    from timm.models.swin_transformer import get_relative_position_index
+
+    out = {}
+    for key, value in fuse_qkv(state_dict).items():
+        if not key.endswith(".relative_position_index"):
+            out[key] = value
+            continue
+        window = round(value.numel() ** 0.25)  # (w*w, w*w) in the files, flattened in some transformers versions
+        expected = get_relative_position_index(window, window).reshape(-1)
+        if not value.is_meta and not torch.equal(value.reshape(-1).long(), expected):
+            raise WeightsMismatchError(f"{key}: the checkpoint's relative position index differs from timm's for a "
+                                       f"{window}x{window} window, so its bias tables would be read differently")
+    return out
+
+
+def timm_args_from_hf(config: dict[str, Any]) -> dict[str, Any]:
+    """A transformers ``SwinConfig`` dict -> ``SwinTransformer`` keyword arguments (defaults as SwinConfig's)."""
+    if config.get("hidden_act", "gelu") != "gelu":
+        raise NotImplementedError(f"hidden_act {config['hidden_act']!r}: only exact GELU ('gelu') is supported")
+    if config.get("use_absolute_embeddings", False):
+        raise NotImplementedError("use_absolute_embeddings=True (Swin with absolute position embeddings)")
+    return dict(
+        img_size=config.get("image_size", 224), patch_size=config.get("patch_size", 4),
+        in_chans=config.get("num_channels", 3), embed_dim=config.get("embed_dim", 96),
+        depths=tuple(config.get("depths", (2, 2, 6, 2))), num_heads=tuple(config.get("num_heads", (3, 6, 12, 24))),
+        window_size=config.get("window_size", 7), mlp_ratio=config.get("mlp_ratio", 4.0),
+        qkv_bias=config.get("qkv_bias", True), num_classes=hf_num_classes(config), global_pool="avg",
+        norm_eps=config.get("layer_norm_eps", 1e-5), drop_path_rate=0.0,
+    )
+
+
+def swin_module(args: dict[str, Any]) -> nn.Module:
+    """timm's SwinTransformer from :func:`timm_args_from_hf`'s arguments (``norm_eps`` -> its LayerNorms)."""
+    from timm.models.swin_transformer import SwinTransformer
+
+    args = dict(args)
+    eps = args.pop("norm_eps")
+    return SwinTransformer(**args, norm_layer=partial(nn.LayerNorm, eps=eps))
+
+
+def hf_swin_component(offline_config: dict[str, Any]) -> Component:
+    """A transformers Swin repo's model: HF config -> timm arguments, HF names -> timm's (:data:`HF_TO_TIMM`)."""
+    return hf_component(swin_module, timm_args_from_hf, offline_config, renames=HF_TO_TIMM, convert=convert_hf)
+
+
+def build_hf(entry: ModelEntry, files: Path | None, *, device: torch.device, dtype: torch.dtype) -> ImageClassifier:
+    """A transformers-format Swin repo (``config.json``, ``preprocessor_config.json``, weights) -> classifier."""
+    return fused_attention(build_hf_classifier(entry, files, device=device, dtype=dtype, hierarchical=True))
+
+
+def build_timm(entry: ModelEntry, files: Path | None, *, device: torch.device,
+               dtype: torch.dtype) -> ImageClassifier:
+    """A timm-format Swin repo (``config.json`` with ``pretrained_cfg``, weights) -> classifier."""
+    from timm.models.swin_transformer import SwinTransformer
+
+    return fused_attention(build_timm_classifier(entry, files, device=device, dtype=dtype, expect=SwinTransformer,
+                                                 hierarchical=True))
+
+
+def fused_attention(clf: ImageClassifier) -> ImageClassifier:
+    """Run Swin's window attention through ``F.scaled_dot_product_attention``.
+
+    timm has the fused path but leaves it off for Swin (``use_fused_attn(experimental=True)``); it adds the
+    relative position bias and shift mask as SDPA's additive mask, the same arithmetic in one kernel. The parity
+    tests hold it to the reference within 1e-4 (fp32) and 1e-8 (fp64); ``benchmarks/bench_vision.py`` measures it
+    (1.23x timm's throughput at batch 32 on one CPU thread).
+    """
+    from timm.models.swin_transformer import WindowAttention
+
+    for module in clf.modules():
+        if isinstance(module, WindowAttention):
+            module.fused_attn = True
+    return clf
+
+
+# -- the entries: pretrained configs as data beside the model ---------------------------------------------------
+
+#: Pinned commits, found as for zoo.plugins.vit.REVISIONS; None where none could be verified offline.
+REVISIONS: dict[str, str | None] = {
+    "timm/swin_tiny_patch4_window7_224.ms_in1k": "4cc3a7275b50b53a7bec45f32c236ebe64227cff",
+    "timm/swin_small_patch4_window7_224.ms_in1k": None,
+    "timm/swin_base_patch4_window7_224.ms_in22k_ft_in1k": "a6a1eb2321b4f556fa0fa243fb777d47679f13c9",
+    "timm/swin_large_patch4_window7_224.ms_in22k_ft_in1k": None,
+    "microsoft/swin-tiny-patch4-window7-224": None,
+}
+
+SWIN_PAPER = ("Liu et al. 2021, Swin Transformer: Hierarchical Vision Transformer using Shifted Windows, "
+              "arXiv:2103.14030")
+
+#: timm's ``pretrained_cfg`` of the Microsoft Swin weights at 224 (identical across sizes; checked against timm's
+#: registry in the tests). Used when building without files; with files, the repo's own config.json wins.
+MS_PREPROCESSING = {"input_size": [3, 224, 224], "interpolation": "bicubic", "crop_pct": 0.9, "crop_mode": "center",
+                    "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "num_classes": 1000}
+
+# (name, timm architecture, tag, what the weights are, published ImageNet-1k result)
+_TIMM = [
+    ("swin-t", "swin_tiny_patch4_window7_224", "ms_in1k", "Swin-T, ImageNet-1k",
+     "ImageNet-1k val top-1 81.376, top-5 95.544 (timm results csv); paper: 81.2"),
+    ("swin-s", "swin_small_patch4_window7_224", "ms_in1k", "Swin-S, ImageNet-1k", ""),
+    ("swin-b", "swin_base_patch4_window7_224", "ms_in22k_ft_in1k", "Swin-B, ImageNet-22k pre-trained, 1k fine-tuned",
+     ""),
+    ("swin-l", "swin_large_patch4_window7_224", "ms_in22k_ft_in1k", "Swin-L, ImageNet-22k pre-trained, 1k fine-tuned",
+     ""),
+]
+
+
+def _timm_entry(name: str, arch: str, tag: str, what: str, result: str) -> ModelEntry:
+    repo = f"timm/{arch}.{tag}"
+    return ModelEntry(
+        name=name, family="swin", interface="classifier", build=build_timm, repo_id=repo, revision=REVISIONS[repo],
+        components=(timm_component(arch, num_classes=1000, global_pool="avg"),),
+        preprocessing=MS_PREPROCESSING, license="mit", paper=SWIN_PAPER, result=result,
+        description=f"{what} classifier, window 7, 224 (timm {arch}.{tag}, original Microsoft weights)")
+
+
+#: the architecture of the repo's config.json, for pretrained=False (the repo's own file wins otherwise)
+HF_CONFIG = {"embed_dim": 96, "depths": [2, 2, 6, 2], "num_heads": [3, 6, 12, 24], "window_size": 7,
+             "mlp_ratio": 4.0, "patch_size": 4, "image_size": 224, "num_channels": 3, "qkv_bias": True,
+             "hidden_act": "gelu", "layer_norm_eps": 1e-5, "use_absolute_embeddings": False, "num_labels": 1000}
+
+ENTRIES: list[ModelEntry] = [*(_timm_entry(*row) for row in _TIMM), ModelEntry(
+    name="swin-t-ms", family="swin", interface="classifier", build=build_hf,
+    repo_id="microsoft/swin-tiny-patch4-window7-224", revision=REVISIONS["microsoft/swin-tiny-patch4-window7-224"],
+    files=HF_FILES,
+    config=HF_CONFIG, components=(hf_swin_component(HF_CONFIG),),
+    preprocessing={"do_normalize": True, "do_resize": True, "feature_extractor_type": "ViTFeatureExtractor",
+                   "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225], "resample": 3,
+                   "size": 224},
+    license="apache-2.0", paper=SWIN_PAPER,
+    result="ImageNet-1k top-1 81.2 (paper); timm's eval of the same weights: 81.376",
+    description="Swin-T ImageNet-1k classifier, the Microsoft weights in transformers format "
+                "(squash-resize 224, bicubic, no centre crop)")]
