@@ -461,6 +461,12 @@ class DiffusionPipeline(Pipeline):
         _check_mode("input", input, ("images", "raw"))
         if input == "images":
             x0 = self.autoencoder.encode(self.autoencoder.preprocess(images))
+            if tuple(x0.shape[1:]) != self.sample_shape:
+                c, h, w = self.sample_shape
+                scale = self.autoencoder.downscale
+                raise ValueError(f"{self.name or 'this pipeline'} denoises {c}x{h}x{w} latents, which "
+                                 f"{h * scale}x{w * scale} images encode to; these images encode to "
+                                 f"{'x'.join(map(str, x0.shape[1:]))}: resize them to {h * scale}x{w * scale}")
         else:
             check_image_batch(images, channels=self.sample_shape[0], size=self.sample_shape[1:], what="images")
             x0 = images

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from zoo.diffusion import DiffusionPipeline
 from zoo.loader import load_component
-from zoo.registry import DIFFUSERS_WEIGHTS, Component, Denoiser, DiscreteVPSchedule, ModelEntry
+from zoo.registry import DIFFUSERS_WEIGHTS, Autoencoder, Component, Denoiser, DiscreteVPSchedule, ModelEntry
 from zoo.weights import read_json
 
 from .unet import LEGACY_ATTENTION_RENAMES, UNet2DConfig, UNet2DModel
@@ -154,6 +154,24 @@ def scheduler_config(entry: ModelEntry, files: Path | None) -> dict[str, Any]:
     return config
 
 
+def first_stage(entry: ModelEntry, files: Path | None, *, device: torch.device | str,
+                dtype: torch.dtype) -> Autoencoder | None:
+    """The latent model's autoencoder: the component that ``entry.config["autoencoder"]`` names (any component
+    whose module is a :class:`~zoo.registry.Autoencoder`), loaded like the U-Net; None for a pixel-space model.
+
+    The U-Net then denoises that autoencoder's latents: the pipeline draws its noise in ``(in_channels,
+    sample_size, sample_size)`` of the U-Net's config and decodes the result at the end (LDM, Rombach et al. 2022).
+    """
+    name = entry.config.get("autoencoder")
+    if name is None:
+        return None
+    autoencoder = load_component(entry.component(name), files, device=device, dtype=dtype)
+    if not isinstance(autoencoder, Autoencoder):
+        raise TypeError(f"{entry.name}: component {name!r} builds a {type(autoencoder).__name__}, not an Autoencoder")
+    autoencoder.name = f"{entry.name} {name}"
+    return autoencoder
+
+
 def build_pipeline(entry: ModelEntry, files: Path | None, *, device: torch.device | str = "cpu",
                    dtype: torch.dtype = torch.float32) -> DiffusionPipeline:
     """The registry's builder for every DDPM entry: files in Hub layout -> a DiffusionPipeline.
@@ -167,7 +185,8 @@ def build_pipeline(entry: ModelEntry, files: Path | None, *, device: torch.devic
                             prediction_from_config(sched_cfg))
     cfg = unet.config
     return DiffusionPipeline(
-        denoiser, (cfg.in_channels, *cfg.image_size), sampler_defaults=sampler_defaults(sched_cfg),
+        denoiser, (cfg.in_channels, *cfg.image_size), autoencoder=first_stage(entry, files, device=device, dtype=dtype),
+        sampler_defaults=sampler_defaults(sched_cfg),
         scheduler_config=sched_cfg, default_sampler=entry.config.get("default_sampler"),
         default_steps=entry.config.get("default_steps", 50), invert_sampler=entry.config.get("invert_sampler"),
         name=entry.name)
