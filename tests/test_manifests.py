@@ -52,6 +52,8 @@ CHECKED_ELSEWHERE = {
     # the SD 1.x VAE's manifest is DiT's vae/ folder (DiT ships stabilityai/sd-vae-ft-ema); -mse shares its config
     **{name: "tests/test_autoencoder_kl.py::test_sd_vae_entries_fit_the_dit_vae_manifest"
        for name in ("sd-vae-ft-ema", "sd-vae-ft-mse")},
+    # stores the same tensors as the 256 model (only the recomputed position table differs)
+    "dit-xl-2-512": "tests/test_dit.py::test_full_size_entries_fit_the_real_manifest",
 }
 DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64,
           "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int64": torch.int64}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import inspect
 import json
 import sys
 import time
@@ -148,14 +149,38 @@ def cmd_sample(args: argparse.Namespace) -> None:
             zoo.get_sampler(args.sampler).check_options(options)
         except TypeError as exc:
             raise ValueError(str(exc)) from None
+    # Only what the user set reaches sample(): a pipeline fills in its defaults, and a generator that is not a
+    # diffusion pipeline (a normalizing flow: sample(n, generator=, temperature=)) is not handed diffusion options.
+    chosen = {"steps": args.steps, "sampler": args.sampler, "schedule": args.schedule, "spacing": args.spacing,
+              "compat": args.compat}
+    options = {**{k: v for k, v in chosen.items() if v is not None}, **options}
+    conditioning = {k: v for k, v in (("labels", _labels(args.labels)), ("prompt", args.prompt),
+                                      ("negative_prompt", args.negative_prompt)) if v is not None}
+    if args.guidance_scale is not None:
+        options["guidance_scale"] = args.guidance_scale
+    labels = conditioning.get("labels") or ()
+    n = args.n if args.n is not None else (len(labels) if len(labels) > 1 else 16)
     pipe = create_from_args(args)
+    sample = require(pipe, "sample", args.name)
+    takes = tuple(getattr(getattr(pipe, "conditioner", None), "inputs", ()))
+    unused = sorted(set(conditioning) - set(takes))
+    if unused:
+        flags = ", ".join("--" + k.replace("_", "-") for k in unused)
+        raise ValueError(f"{args.name} takes no {flags}" + (f" (its conditioning: {', '.join(takes)})" if takes else
+                                                            " (it is unconditional)"))
+    options.update(conditioning)
     generator = torch.Generator().manual_seed(args.seed)
     start = time.perf_counter()
-    images = pipe.sample(args.n, steps=args.steps, sampler=args.sampler, generator=generator,
-                         schedule=args.schedule, spacing=args.spacing, compat=args.compat, **options)
+    try:  # an option this kind of model does not take: one line naming those it does, not a traceback
+        inspect.signature(sample).bind(n, generator=generator, **options)
+    except TypeError:
+        takes = [p for p in inspect.signature(sample).parameters if p not in ("n", "generator")]
+        raise ValueError(f"{args.name}.sample takes {', '.join(takes) or 'no options'}; got "
+                         f"{', '.join(sorted(options))}") from None
+    images = sample(n, generator=generator, **options)
     seconds = time.perf_counter() - start
     save_grid(images, args.output)
-    print(f"wrote {args.output}: {args.n} samples from {args.name} in {seconds:.1f} s")
+    print(f"wrote {args.output}: {n} samples from {args.name} in {seconds:.1f} s")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -173,7 +198,12 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def _sample_arguments(sp: argparse.ArgumentParser) -> None:
     add_model_options(sp)
-    sp.add_argument("-n", type=int, default=16, help="number of samples (default 16)")
+    sp.add_argument("-n", type=int, help="number of samples (default: one per label when --labels gives several, else 16)")
+    sp.add_argument("--labels", help="class labels of a class-conditional model, comma-separated ids or names, "
+                                     "e.g. 207,360 or 'golden retriever,otter': one per sample, or one for all")
+    sp.add_argument("--prompt", help="the text prompt of a text-conditional model")
+    sp.add_argument("--negative-prompt", help="what guidance steers away from (text-conditional models)")
+    sp.add_argument("--guidance-scale", type=float, help="classifier-free guidance weight (default: the model's)")
     sp.add_argument("--steps", type=int, help="sampler steps (default: the model's)")
     sp.add_argument("--sampler", help="see `zoo samplers` (default: the model's)")
     sp.add_argument("--schedule", help="sigma grid: 'default' (the checkpoint's), 'karras' or 'exponential'")
@@ -185,6 +215,16 @@ def _sample_arguments(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--eta", type=float, help="DDIM eta (the same as --option eta=...)")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("-o", "--output", default="samples.png")
+
+
+def _labels(text: str | None) -> list[int | str] | None:
+    """``--labels 207,otter`` -> ``[207, "otter"]``: ids as ints, names as they are (the model resolves them)."""
+    if text is None:
+        return None
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise ValueError("--labels is empty: give class ids or names, comma-separated (e.g. --labels 207,360)")
+    return [int(item) if item.lstrip("-").isdigit() else item for item in items]
 
 
 def _train_arguments(sp: argparse.ArgumentParser) -> None:

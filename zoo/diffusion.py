@@ -28,6 +28,9 @@ so any guidance written on scores is the same edit of D, and every sampler gets 
 * classifier-free guidance (Ho & Salimans 2022), ``score_u + w*(score_c - score_u)``: since the weights sum
   to 1, x cancels and ``D = D_u + w*(D_c - D_u)``, with w = ``guidance_scale`` (1: plain conditional; 0:
   unconditional). Both branches run as ONE forward pass on a 2N batch (``cond`` and ``uncond`` stacked).
+  ``guided_channels=k`` guides only the first k channels and keeps the conditional D on the rest: D is
+  channel-wise affine in the network's output, so this is the same edit as DiT's original ``forward_with_cfg``
+  on eps (its paper's FID protocol guides 3 of 4 latent channels).
 * classifier guidance (Dhariwal & Nichol 2021), ``score + lam * grad_x log p(y | x)``: ``D += lam * sigma**2 /
   a * grad_x log p(y | x)``, lam = ``classifier_scale``. Noisy classifiers are trained on the model's own input
   ``x_t = c*x`` (c = ``schedule.input_scale(sigma)``) and time t, so ``classifier_grad(x_t, t)`` returns
@@ -279,7 +282,8 @@ class DiffusionPipeline(Pipeline):
 
     def denoise_fn(self, cond: dict[str, Any] | None = None, *, guidance_scale: float = 1.0,
                    uncond: dict[str, Any] | None = None, classifier_grad: ClassifierGrad | None = None,
-                   classifier_scale: float = 1.0, timesteps: dict[float, Tensor] | None = None) -> DenoiseFn:
+                   classifier_scale: float = 1.0, guided_channels: int | None = None,
+                   timesteps: dict[float, Tensor] | None = None) -> DenoiseFn:
         """``D(x, sigma)`` with conditioning and guidance bound in, as samplers want it (see the module docstring).
 
         Args:
@@ -288,9 +292,15 @@ class DiffusionPipeline(Pipeline):
             uncond: the unconditional branch's inputs, same keys (leading dim N or 1).
             classifier_grad: ``(x_t, t) -> grad_{x_t} log p(y | x_t)`` in the model's space, for classifier guidance.
             classifier_scale: its weight.
+            guided_channels: guide only the first k channels (None: all), see the module docstring.
             timesteps: the model time to feed at each sigma of the grid (a :class:`SamplingPlan`'s), by value.
         """
         cond, denoiser, schedule = cond or {}, self.denoiser, self.schedule
+        channels = self.sample_shape[0]
+        if guided_channels is not None and (isinstance(guided_channels, bool) or not isinstance(guided_channels, int)
+                                            or not 1 <= guided_channels <= channels):
+            raise ValueError(f"guided_channels must be a number of channels in 1..{channels} (None: all), "
+                             f"got {guided_channels!r}")
 
         def model_time(sigma: Tensor) -> Tensor:
             if timesteps is not None and float(sigma.reshape(-1)[0]) in timesteps:
@@ -308,7 +318,10 @@ class DiffusionPipeline(Pipeline):
                 t = model_time(sigma)
                 d_cond, d_uncond = denoiser.denoise(torch.cat([x, x]), sigma.expand(x.shape[0]).repeat(2),
                                                     t=t if t.ndim == 0 else t.repeat(2), **both).chunk(2)
-                return d_uncond + guidance_scale * (d_cond - d_uncond)
+                guided = d_uncond + guidance_scale * (d_cond - d_uncond)
+                if guided_channels is None:
+                    return guided
+                return torch.cat([guided[:, :guided_channels], d_cond[:, guided_channels:]], dim=1)
         else:
             def D(x: Tensor, sigma: Tensor) -> Tensor:
                 sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x.device)
@@ -335,7 +348,7 @@ class DiffusionPipeline(Pipeline):
                compat: str | None = None, callback: Callback | None = None, progress: bool = True,
                output: str = "images", cond: dict[str, Any] | None = None, guidance_scale: float = 1.0,
                uncond: dict[str, Any] | None = None, classifier_grad: ClassifierGrad | None = None,
-               classifier_scale: float = 1.0, **options: Any) -> Tensor:
+               classifier_scale: float = 1.0, guided_channels: int | None = None, **options: Any) -> Tensor:
         """Generate ``n`` samples.
 
         Args:
@@ -356,8 +369,8 @@ class DiffusionPipeline(Pipeline):
                 and returns that step's x (still noisy unless at sigma 0), mapped to the model's space.
             output: ``"images"`` for float ``(n, C, H, W)`` in [0, 1] (decoded by the autoencoder); ``"raw"``
                 for the denoiser-space tensor (latents, for a latent model).
-            cond, guidance_scale, uncond, classifier_grad, classifier_scale: conditioning and guidance, see
-                :meth:`denoise_fn`; a pipeline with a conditioner makes cond and uncond from its inputs.
+            cond, guidance_scale, uncond, classifier_grad, classifier_scale, guided_channels: conditioning and
+                guidance, see :meth:`denoise_fn`; a pipeline with a conditioner makes cond and uncond from its inputs.
             **options: the conditioner's inputs (``labels=``, ``prompt=``...), then sampler options (``eta=``
                 for DDIM, ``rtol=`` for ode-rk45, ...).
         Returns:
@@ -383,7 +396,8 @@ class DiffusionPipeline(Pipeline):
         self.last_nfe = 0
         x, sigma_end = self._run(impl, x, segments, plan.timesteps, noise_source if impl.stochastic else None,
                                  callback, progress, options, dict(cond=cond, guidance_scale=guidance_scale,
-                                 uncond=uncond, classifier_grad=classifier_grad, classifier_scale=classifier_scale))
+                                 uncond=uncond, classifier_grad=classifier_grad, classifier_scale=classifier_scale,
+                                                             guided_channels=guided_channels))
         x = x * self.schedule.input_scale(torch.tensor(sigma_end, dtype=torch.float64)).to(x)  # to model space
         return x.float() if output == "raw" else self.autoencoder.decode(x).float()
 
@@ -440,7 +454,7 @@ class DiffusionPipeline(Pipeline):
                progress: bool = True, input: str = "images", cond: dict[str, Any] | None = None,
                guidance_scale: float = 1.0, uncond: dict[str, Any] | None = None,
                classifier_grad: ClassifierGrad | None = None, classifier_scale: float = 1.0,
-               **options: Any) -> Tensor:
+               guided_channels: int | None = None, **options: Any) -> Tensor:
         """Run the probability-flow ODE backwards: images -> the standard-normal noise that makes them.
 
         ``pipe.sample(n, noise=pipe.invert(x, sampler=S), sampler=S)`` with the same deterministic sampler, grid
@@ -476,7 +490,7 @@ class DiffusionPipeline(Pipeline):
         sigmas = self.sigmas(steps or self.default_steps, schedule, spacing, shift).to(self.device)
         x0 = x0.to(self.device, self._state_dtype())
         guidance = dict(cond=cond, guidance_scale=guidance_scale, uncond=uncond, classifier_grad=classifier_grad,
-                        classifier_scale=classifier_scale)
+                        classifier_scale=classifier_scale, guided_channels=guided_channels)
         D = self._counted(self.denoise_fn(**guidance))
         self.last_nfe = 0
         if sigmas[-1] == 0:
