@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from .diffusion import Conditioner, Denoiser, Sampler
 from .errors import ContractError
 from .tensors import check_image_batch
+from .errors import InvalidInputError
 
 
 class Module(nn.Module):
@@ -145,6 +146,8 @@ class TextEncoder(Module, ABC):
 
     #: tokens per text after padding or truncation.
     context_length: int
+    #: ids run 0..vocab_size-1; None where the encoder does not say (then ids are not range-checked).
+    vocab_size: int | None = None
 
     @abstractmethod
     def tokenize(self, texts: str | Sequence[str]) -> Tensor:
@@ -159,7 +162,10 @@ class TextEncoder(Module, ABC):
         ids = text if isinstance(text, Tensor) else self.tokenize(text)
         if ids.ndim != 2 or ids.shape[0] == 0 or ids.is_floating_point():
             got = f"{ids.dtype} of shape {tuple(ids.shape)}" if isinstance(text, Tensor) else "no text"
-            raise ValueError(f"text must be strings or (N, L) int64 token ids with N >= 1, got {got}")
+            raise InvalidInputError(f"text must be strings or (N, L) int64 token ids with N >= 1, got {got}")
+        if self.vocab_size is not None and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size):
+            raise InvalidInputError(f"token ids must be in 0..{self.vocab_size - 1} (this tokenizer's vocabulary), got "
+                                    f"{int(ids.min())}..{int(ids.max())}")
         return ids.to(self.device)
 
     def encode_text(self, text: str | Sequence[str] | Tensor, normalize: bool = False) -> Tensor:

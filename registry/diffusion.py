@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from .schedules import NoiseSchedule
 from .tensors import per_sample
+from .errors import ArgumentTypeError, InvalidInputError
 
 Prediction = Literal["eps", "v", "x0", "flow"]
 PREDICTIONS: tuple[str, ...] = ("eps", "v", "x0", "flow")
@@ -77,7 +78,7 @@ class Denoiser(nn.Module, ABC):
         elif self.prediction == "flow":
             x0 = x_t - sigma_t * out
         else:
-            raise ValueError(f"{type(self).__name__}.prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
+            raise InvalidInputError(f"{type(self).__name__}.prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
         return x0.to(x.dtype)
 
     @property
@@ -217,7 +218,7 @@ class Sampler(ABC):
         """Raise a TypeError naming any option the method does not take, with the list of those it does."""
         unknown = sorted(set(options) - set(self.options))
         if unknown:
-            raise TypeError(f"sampler {self.name!r} takes no option {', '.join(map(repr, unknown))}; "
+            raise ArgumentTypeError(f"sampler {self.name!r} takes no option {', '.join(map(repr, unknown))}; "
                             f"its options are {', '.join(self.options) or 'none'}")
 
 

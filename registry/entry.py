@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable
 from torch import nn
 
 from .contracts import INTERFACES
+from .errors import InvalidInputError
 
 #: Weight files as transformers and timm repos name them, safetensors first. Each name may also be sharded:
 #: ``NAME.index.json`` beside its shards (tried right after NAME).
@@ -121,11 +122,11 @@ class ModelEntry:
 
     def __post_init__(self) -> None:
         if self.revision is not None and not re.fullmatch(r"[0-9a-f]{40}", self.revision):
-            raise ValueError(f"model {self.name!r}: revision must be a full 40-hex commit hash (or None when no "
+            raise InvalidInputError(f"model {self.name!r}: revision must be a full 40-hex commit hash (or None when no "
                              f"commit is known), got {self.revision!r}; a branch or tag name is not a pin")
         names = [c.name for c in self.components]
         if len(set(names)) != len(names):
-            raise ValueError(f"model {self.name!r}: two components share a name ({names})")
+            raise InvalidInputError(f"model {self.name!r}: two components share a name ({names})")
 
     @property
     def all_files(self) -> tuple[str | tuple[str, ...], ...]:

@@ -42,6 +42,21 @@ class Registry:
     failures: dict[str, str] = field(default_factory=dict)
     #: every plugin that registered, in load order (entry points by name, then ``extra_plugins``).
     plugins: list[str] = field(default_factory=list)
+    #: (kind, name) -> the plugins that each claimed it: a clashing name is unavailable, everything else works.
+    clashes: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+
+    def clash_message(self, kind: str, name: str) -> str:
+        owners = self.clashes[(kind, name)]
+        where = (f"twice by plugin {owners[0]!r}" if len(set(owners)) == 1
+                 else "by plugins " + " and ".join(repr(o) for o in dict.fromkeys(owners)))
+        return (f"{kind} name {name!r} is registered {where}, so it is unavailable (neither wins). Uninstall one "
+                f"of them, or rename the {kind} in one plugin (`pip show` the plugins' packages to see where they "
+                f"come from); every other name works.")
+
+    def check_clash(self, kind: str, name: str) -> None:
+        """Raise DuplicateNameError if ``name`` is a clashing ``kind`` ("model", "sampler", "command")."""
+        if (kind, name) in self.clashes:
+            raise DuplicateNameError(self.clash_message(kind, name))
 
     def fail(self, plugin: str, message: str) -> None:
         self.failures[plugin] = f"{self.failures[plugin]}; {message}" if plugin in self.failures else message
@@ -51,8 +66,9 @@ class Registry:
 def build_registry(extra_plugins: tuple[object, ...] = (), *, entry_points: bool = True) -> Registry:
     """Load every plugin in the ``zoo`` entry-point group (plus ``extra_plugins``) and collect their entries.
 
-    Raises:
-        DuplicateNameError: two plugins (or one plugin twice) register the same model, sampler or command name.
+    Nothing here raises for a plugin's mistake: a plugin that fails to import, a hook that raises or returns
+    the wrong thing is listed in ``failures``, and a name two plugins claim (or one plugin twice) is left out
+    and listed in ``clashes``; asking for it raises DuplicateNameError (``Registry.check_clash``).
     """
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
@@ -92,12 +108,14 @@ def build_registry(extra_plugins: tuple[object, ...] = (), *, entry_points: bool
             target: dict[str, Any] = getattr(reg, slot)
             for item in items:
                 key = (hook, item.name)
-                if key in owners:
-                    where = (f"twice by plugin {name!r}" if owners[key] == name
-                             else f"by two plugins: {owners[key]!r} and {name!r}")
-                    raise DuplicateNameError(
-                        f"{word} name {item.name!r} is registered {where}. Uninstall one of them, or rename the "
-                        f"{word} in one plugin. (`pip show` the plugins' packages to see where they come from.)")
+                if key in owners:  # claimed again: neither claim wins, and the name is unavailable
+                    claimants = reg.clashes.setdefault((word, item.name), [owners[key]])
+                    claimants.append(name)
+                    target.pop(item.name, None)
+                    reg.command_plugins.pop(item.name, None) if isinstance(item, Command) else None
+                    reg.sampler_plugins.pop(item.name, None) if isinstance(item, Sampler) else None
+                    log.warning("zoo: %s", reg.clash_message(word, item.name))
+                    continue
                 owners[key] = name
                 target[item.name] = replace(item, plugin=name) if isinstance(item, ModelEntry) else item
                 if isinstance(item, Command):

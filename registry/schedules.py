@@ -27,6 +27,7 @@ from typing import Literal
 import numpy as np
 import torch
 from torch import Tensor
+from .errors import InvalidInputError
 
 Spacing = Literal["leading", "trailing", "linspace"]
 
@@ -125,7 +126,7 @@ class DiscreteVPSchedule(NoiseSchedule):
         # abar_0 instead, as DDIMScheduler(set_alpha_to_one=False) does.
         self.final_alpha_cumprod = final_alpha_cumprod
         if default_spacing not in ("leading", "trailing", "linspace"):
-            raise ValueError(f"unknown timestep spacing {default_spacing!r}: use 'leading', 'trailing' or 'linspace'")
+            raise InvalidInputError(f"unknown timestep spacing {default_spacing!r}: use 'leading', 'trailing' or 'linspace'")
         self.default_spacing = default_spacing
         self.grid = ((1 - self.alphas_cumprod) / self.alphas_cumprod).sqrt()  # ascending in t
         self.log_grid = self.grid.log()
@@ -143,7 +144,7 @@ class DiscreteVPSchedule(NoiseSchedule):
             betas = torch.tensor([min(1 - f((i + 1) / num_train_timesteps) / f(i / num_train_timesteps), 0.999)
                                   for i in range(num_train_timesteps)], dtype=torch.float32)
         else:
-            raise ValueError(f"unknown beta_schedule {beta_schedule!r}: use 'linear', 'scaled_linear' or 'squaredcos_cap_v2'")
+            raise InvalidInputError(f"unknown beta_schedule {beta_schedule!r}: use 'linear', 'scaled_linear' or 'squaredcos_cap_v2'")
         return cls(torch.cumprod(1.0 - betas, dim=0), **kwargs)
 
     @classmethod
@@ -209,7 +210,7 @@ class DiscreteVPSchedule(NoiseSchedule):
         """
         T = self.num_train_timesteps
         if not 1 <= steps <= T:
-            raise ValueError(f"steps must be between 1 and the {T} training steps of this schedule, got {steps}")
+            raise InvalidInputError(f"steps must be between 1 and the {T} training steps of this schedule, got {steps}")
         spacing = spacing or self.default_spacing
         if spacing == "leading":  # DDIM paper / diffusers default
             ts = np.arange(0, steps)[::-1] * (T // steps) + self.steps_offset
@@ -218,7 +219,7 @@ class DiscreteVPSchedule(NoiseSchedule):
         elif spacing == "linspace":
             ts = np.linspace(0, T - 1, steps).round()[::-1].astype(np.int64)
         else:
-            raise ValueError(f"unknown spacing {spacing!r}: use 'leading', 'trailing' or 'linspace'")
+            raise InvalidInputError(f"unknown spacing {spacing!r}: use 'leading', 'trailing' or 'linspace'")
         return torch.from_numpy(ts.copy())
 
     def final_sigma(self) -> float:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from torch import Tensor
+from .errors import ArgumentTypeError, InvalidInputError
 
 
 def per_sample(values: Tensor, like: Tensor) -> Tensor:
@@ -24,13 +25,13 @@ def check_image_batch(x: Tensor, *, channels: int | None = None, size: tuple[int
     """
     tail = f"; {fix}" if fix else ""
     if not isinstance(x, Tensor):
-        raise TypeError(f"{what} must be a torch.Tensor of shape (N, C, H, W), got {type(x).__name__}{tail}")
+        raise ArgumentTypeError(f"{what} must be a torch.Tensor of shape (N, C, H, W), got {type(x).__name__}{tail}")
     if x.ndim != 4:
         hint = " (add a batch dimension with x[None])" if x.ndim == 3 else ""
-        raise ValueError(f"{what} must have shape (N, C, H, W), got {tuple(x.shape)}{hint}{tail}")
+        raise InvalidInputError(f"{what} must have shape (N, C, H, W), got {tuple(x.shape)}{hint}{tail}")
     if not x.is_floating_point():
-        raise TypeError(f"{what} must be a floating-point tensor, got {x.dtype} (convert with x.float() / 255){tail}")
+        raise ArgumentTypeError(f"{what} must be a floating-point tensor, got {x.dtype} (convert with x.float() / 255){tail}")
     if channels is not None and x.shape[1] != channels:
-        raise ValueError(f"{what} must have {channels} channels, got {x.shape[1]} (shape {tuple(x.shape)}){tail}")
+        raise InvalidInputError(f"{what} must have {channels} channels, got {x.shape[1]} (shape {tuple(x.shape)}){tail}")
     if size is not None and tuple(x.shape[-2:]) != tuple(size):
-        raise ValueError(f"{what} must be {size[0]}x{size[1]} pixels, got {x.shape[-2]}x{x.shape[-1]}{tail}")
+        raise InvalidInputError(f"{what} must be {size[0]}x{size[1]} pixels, got {x.shape[-2]}x{x.shape[-1]}{tail}")

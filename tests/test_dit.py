@@ -163,7 +163,7 @@ def test_labels_resolve_as_ditpipeline_resolves_them(repo):
     names = ["golden retriever", "tench", "Tinca tinca", "otter", "space shuttle", "espresso"]
     ours, _ = pipe.conditioner(len(names), labels=names)
     assert ours["class_labels"].tolist() == ref.get_label_ids(names)
-    with pytest.raises(ValueError, match="unknown class name"):
+    with pytest.raises(ValueError, match="unknown class name .*Did you mean 'golden retriever'"):
         pipe.sample(1, labels="golden retreiver", steps=1, progress=False)
     with pytest.raises(ValueError, match="class-conditional"):
         pipe.sample(1, steps=1, progress=False)

@@ -275,6 +275,34 @@ def test_file_damaged_in_the_cache_is_detected_deleted_and_downloaded_again(hub_
     assert len(hub_server.gets("model.safetensors")) == 1
 
 
+def test_a_blob_altered_in_place_with_its_stamp_intact_is_caught_by_verify(hub_server: HubServer, hf_cache: Path,
+                                                                            registry_with, capsys):
+    """The stamp (size, mtime, inode) is what load trusts, as the README says; `zoo verify` re-hashes."""
+    from zoo.cli import main
+
+    files = repo_files(seed=0)
+    hub_server.add_repo(REPO, files, commit=COMMIT)
+    registry_with(tiny_entry())
+    zoo.create("tiny-hub", device="cpu")
+    blob = repo_dir(hf_cache) / "blobs" / sha256(files["model.safetensors"])
+    before = blob.stat()
+    data = bytearray(blob.read_bytes())
+    data[-1] ^= 0xFF  # one flipped bit in the last weight, same size
+    with open(blob, "r+b") as f:  # in place: the inode stays
+        f.write(data)
+    os.utime(blob, ns=(before.st_atime_ns, before.st_mtime_ns))  # and the mtime is put back
+    assert blob.stat().st_ino == before.st_ino
+    zoo.create("tiny-hub", device="cpu")  # the stamp still matches: not re-hashed on load (documented)
+
+    assert main(["verify", "tiny-hub"]) == 1
+    out = capsys.readouterr().out
+    assert "model.safetensors" in out and "damaged" in out and "config.json" in out and " ok" in out
+    assert not blob.exists()  # deleted, so the next create downloads it again
+    hub_server.clear()
+    assert same_weights(zoo.create("tiny-hub", device="cpu"), state(0))
+    assert main(["verify", "tiny-hub"]) == 0
+
+
 # -- offline -----------------------------------------------------------------------------------------------------
 
 def test_offline_with_nothing_cached_names_the_model_and_the_way_out(hub_server: HubServer, offline,

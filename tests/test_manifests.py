@@ -54,6 +54,8 @@ CHECKED_ELSEWHERE = {
        for name in ("sd-vae-ft-ema", "sd-vae-ft-mse")},
     # stores the same tensors as the 256 model (only the recomputed position table differs)
     "dit-xl-2-512": "tests/test_dit.py::test_full_size_entries_fit_the_real_manifest",
+    # no -101 config offline: the R50 config with backbone resnet101, checked against timm's resnet101 + R50's heads
+    "detr-r101": "tests/test_detr_model.py::test_r101_is_the_r50_transformer_on_timms_resnet101",
 }
 DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64,
           "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int64": torch.int64}

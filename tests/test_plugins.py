@@ -159,8 +159,10 @@ def test_a_command_claimed_twice_is_a_duplicate_and_a_non_command_is_refused():
                     register(Command(n, lambda args: None, "") if n != "not-a-command" else n)
         return P()
 
+    reg = build_registry((commands("twice"), commands("twice"), commands("once")), entry_points=False)
+    assert list(reg.commands) == ["once"] and ("command", "twice") in reg.clashes
     with pytest.raises(DuplicateNameError, match="command name 'twice'"):
-        build_registry((commands("twice"), commands("twice")), entry_points=False)
+        reg.check_clash("command", "twice")
     reg = build_registry((commands("not-a-command"),), entry_points=False)
     assert "registered a str, not a Command" in next(iter(reg.failures.values()))
 
@@ -247,18 +249,34 @@ def test_unmarked_misspelt_or_ill_typed_hooks_are_reported():
 # -- names -----------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", ["model", "sampler"])
-def test_two_plugins_claiming_one_name_raise_naming_both(kind: str):
+def test_a_name_two_plugins_claim_is_unavailable_and_the_rest_works(kind: str, use_registry):
     claim = {"models": ["shared-name"]} if kind == "model" else {"samplers": ["shared-name"]}
+    use_registry(plugin("first_family", **claim), plugin("second_family", **claim),
+                 plugin("bystander", models=["other-model"], samplers=["other-sampler"]))
+    lookup = zoo.get_entry if kind == "model" else zoo.get_sampler
     with pytest.raises(DuplicateNameError) as err:
-        build_registry((plugin("first_family", **claim), plugin("second_family", **claim)), entry_points=False)
+        lookup("shared-name")
     message = str(err.value)
     assert f"{kind} name 'shared-name'" in message and "'first_family'" in message and "'second_family'" in message
-    assert isinstance(err.value, ZooError)  # the CLI prints ZooErrors as one line
+    assert isinstance(err.value, ZooError) and isinstance(err.value, KeyError)  # both except styles work
+    assert zoo.get_entry("other-model").name == "other-model" and zoo.get_sampler("other-sampler")
+    assert "shared-name" not in zoo.list_models() and "shared-name" not in zoo.list_samplers()
+
+
+def test_a_plugin_that_clashes_with_a_builtin_leaves_the_builtins_working(capsys):
+    """The real entry points plus a third-party plugin claiming the offline default's name and a built-in sampler."""
+    reg = build_registry((plugin("intruder", models=["ddpm-digits"], samplers=["euler"]),))
+    assert "ddpm-digits" not in reg.models and "euler" not in reg.samplers
+    assert "ddim-cifar" in reg.models and "ddim" in reg.samplers and "vit-b16" in reg.models
+    with pytest.raises(DuplicateNameError, match="'ddpm' and 'intruder'"):
+        reg.check_clash("model", "ddpm-digits")
 
 
 def test_one_plugin_listing_a_name_twice_is_a_duplicate_too():
+    reg = build_registry((plugin("clumsy", models=["twin", "twin", "single"]),), entry_points=False)
+    assert list(reg.models) == ["single"]
     with pytest.raises(DuplicateNameError, match="twice by plugin 'clumsy'"):
-        build_registry((plugin("clumsy", models=["twin", "twin"]),), entry_points=False)
+        reg.check_clash("model", "twin")
 
 
 def test_unknown_model_suggests_close_names(use_registry):

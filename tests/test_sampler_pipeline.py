@@ -50,8 +50,10 @@ def test_a_third_party_sampler_registers_through_the_hook():
     assert torch.equal(pipe.sample(4, steps=5, sampler=my_euler, noise=noise(4), progress=False),
                        pipe.sample(4, steps=5, sampler="euler", noise=noise(4), progress=False))
     clash = types.SimpleNamespace(zoo_samplers=hookimpl(lambda: [sampler("heun")(my_euler.fn)]))
+    reg = build_registry((clash,))
+    assert "heun" not in reg.samplers and "euler" in reg.samplers  # the clash is local to its name
     with pytest.raises(DuplicateNameError, match="heun"):
-        build_registry((clash,))
+        reg.check_clash("sampler", "heun")
 
 
 @pytest.mark.parametrize("name,steps,expected", [("ddim", 10, 10), ("euler", 10, 10), ("dpmpp-2m", 10, 10),

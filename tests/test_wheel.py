@@ -1,12 +1,19 @@
 """A wheel built from the repo installs into a fresh virtual environment and runs, away from the source tree.
 
-The venv sees the system site-packages for torch and friends (downloading 3 GB again proves nothing), but zoo
-itself must come from the wheel: the test checks where it was imported from, and that the wheel installs no
-generic top-level names such as ``registry`` or ``plugins``.
+The venv sees the test environment's site-packages for torch and friends (downloading 3 GB again proves
+nothing), but zoo itself must come from the wheel: the test checks where it was imported from, and that the wheel
+installs no generic top-level names such as ``registry`` or ``plugins``.
+
+"The test environment's" is not the system's when the tests run inside a virtualenv: ``venv
+--system-site-packages`` made from a venv links the *base* interpreter's site-packages, which lack the outer
+venv's torch. So the new venv gets a ``.pth`` file naming the running interpreter's site-packages folders, as
+plain path entries: their own ``.pth`` files (the editable install of zoo among them) are not run, so the only
+zoo the new venv can import is the wheel's.
 """
 from __future__ import annotations
 
 import shutil
+import site
 import subprocess
 import sys
 import zipfile
@@ -48,6 +55,10 @@ def test_wheel_installs_and_samples_in_a_fresh_venv(wheel: Path, tmp_path: Path)
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
     py = venv / "bin" / "python"
+    inner = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                           check=True, capture_output=True, text=True).stdout.strip()
+    outer = [p for p in site.getsitepackages() if Path(p).is_dir()]
+    (Path(inner) / "_test_environment.pth").write_text("".join(f"{p}\n" for p in outer))
     subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], check=True)
     where = subprocess.run([str(py), "-c", "import zoo, zoo.registry, zoo.plugins.ddpm; print(zoo.__file__)"],
                            cwd=tmp_path, check=True, capture_output=True, text=True).stdout.strip()

@@ -8,6 +8,8 @@
 from zoo.registry import hookimpl
 
 from .api import create, get_entry, get_registry, get_sampler, info, list_models, list_samplers, reload
+from .progress import set_progress_bar_config
+from .save import push_to_hub, save_pretrained
 from .errors import (CorruptWeightsError, DownloadError, MissingFileError, OfflineError, UnknownModelError,
                      UnsafeWeightsError, WeightsMismatchError, ZooError)
 
@@ -15,5 +17,5 @@ __version__ = "0.1.0"
 __all__ = [
     "CorruptWeightsError", "DownloadError", "MissingFileError", "OfflineError", "UnknownModelError", "UnsafeWeightsError", "WeightsMismatchError",
     "ZooError", "create", "get_entry", "get_sampler", "hookimpl", "info", "list_models", "list_samplers",
-    "get_registry", "reload",
+    "get_registry", "reload", "set_progress_bar_config", "save_pretrained", "push_to_hub",
 ]

@@ -12,7 +12,8 @@ import torch
 
 from zoo.registry import ModelEntry, Registry, Sampler, build_registry, check_contract
 
-from .errors import UnknownModelError, ZooError
+from .errors import UnknownModelError
+from zoo.registry.errors import ArgumentTypeError, InvalidInputError
 
 
 @lru_cache(maxsize=1)
@@ -41,10 +42,11 @@ def list_models(pattern: str = "*", *, family: str | None = None, interface: str
 
 
 def get_entry(name: str) -> ModelEntry:
-    models = get_registry().models
-    if name not in models:
-        raise UnknownModelError(name, _suggest(name, list(models)))
-    return models[name]
+    reg = get_registry()
+    if name not in reg.models:
+        reg.check_clash("model", name)
+        raise UnknownModelError(name, _suggest(name, list(reg.models)))
+    return reg.models[name]
 
 
 def info(name: str) -> dict[str, Any]:
@@ -57,10 +59,11 @@ def list_samplers(pattern: str = "*") -> list[str]:
 
 
 def get_sampler(name: str) -> Sampler:
-    samplers = get_registry().samplers
-    if name not in samplers:
-        raise UnknownModelError(name, _suggest(name, list(samplers)), kind="sampler")
-    return samplers[name]
+    reg = get_registry()
+    if name not in reg.samplers:
+        reg.check_clash("sampler", name)
+        raise UnknownModelError(name, _suggest(name, list(reg.samplers)), kind="sampler")
+    return reg.samplers[name]
 
 
 def default_device() -> torch.device:
@@ -87,19 +90,23 @@ def create(name: str, *, weights: str | os.PathLike | None = None, pretrained: b
     """
     from . import hub
 
+    if not isinstance(name, str):
+        raise ArgumentTypeError(f"create(name) takes a model name string, got {type(name).__name__}")
     entry = get_entry(name)
     _check_options(entry, kwargs)
+    if not isinstance(pretrained, bool):
+        raise ArgumentTypeError(f"create({name!r}, pretrained={pretrained!r}): pretrained is True or False")
     if weights is not None and not pretrained:
-        raise ZooError(f"create({name!r}, weights=..., pretrained=False): pretrained=False builds random weights, "
-                       f"so weights= would be ignored; drop one of them")
-    device = torch.device(device) if device is not None else default_device()
+        raise InvalidInputError(f"create({name!r}, weights=..., pretrained=False): pretrained=False builds random "
+                                f"weights, so weights= would be ignored; drop one of them")
+    if weights is not None and not isinstance(weights, (str, os.PathLike)):
+        raise ArgumentTypeError(f"create({name!r}, weights=...): a folder path or a Hub repo id, got "
+                                f"{type(weights).__name__}")
+    device = _device(device) if device is not None else default_device()
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ZooError(f"device={str(device)!r} was asked for, but this torch build sees no CUDA GPU "
-                       f"(torch {torch.__version__}); use device='cpu', or leave device unset to pick one")
-    if isinstance(dtype, str):
-        dtype = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
-                 "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp64": torch.float64,
-                 "float64": torch.float64}.get(dtype.lower()) or _bad_dtype(dtype)
+        raise InvalidInputError(f"device={str(device)!r} was asked for, but this torch build sees no CUDA GPU "
+                                f"(torch {torch.__version__}); use device='cpu', or leave device unset to pick one")
+    dtype = _dtype(dtype)
     files = hub.fetch(entry, weights) if pretrained else None
     model = entry.build(entry, files, device=device, dtype=dtype or torch.float32, **kwargs)
     check_contract(model, entry.interface, what=f"{name!r} (built by plugin {entry.plugin or entry.family!r})")
@@ -115,10 +122,43 @@ def _check_options(entry: ModelEntry, kwargs: dict[str, Any]) -> None:
                 and n not in ("device", "dtype")]
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
-        raise TypeError(f"create({entry.name!r}): unknown option(s) {', '.join(unknown)}; the {entry.family} family "
+        raise ArgumentTypeError(f"create({entry.name!r}): unknown option(s) {', '.join(unknown)}; the {entry.family} family "
                         f"accepts {', '.join(accepted) or 'no options'} besides weights=, pretrained=, device= and "
                         f"dtype= (see `zoo info {entry.name}`)")
 
 
-def _bad_dtype(dtype: str):
-    raise ValueError(f"unknown dtype {dtype!r}: use 'float32', 'float16', 'bfloat16' or 'float64'")
+#: the dtypes a model may be created in, by every name a user might write.
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "float": torch.float32, "fp16": torch.float16,
+          "float16": torch.float16, "half": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+          "fp64": torch.float64, "float64": torch.float64, "double": torch.float64}
+
+
+def _dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """A dtype argument -> one of :data:`DTYPES`' values: float8, integer and complex dtypes hold no model."""
+    if dtype is None:
+        return None
+    if isinstance(dtype, str):
+        key = dtype.lower().removeprefix("torch.")
+        if key not in DTYPES:
+            raise InvalidInputError(f"unknown dtype {dtype!r}: use 'float32', 'float16', 'bfloat16' or 'float64'")
+        return DTYPES[key]
+    if not isinstance(dtype, torch.dtype):
+        raise ArgumentTypeError(f"dtype must be a torch.dtype or its name, got {type(dtype).__name__}")
+    if dtype not in set(DTYPES.values()):
+        raise InvalidInputError(f"dtype={dtype} cannot hold a model's weights here: use torch.float32, float16, "
+                                f"bfloat16 or float64 (float8 and integer types are for quantised kernels zoo does "
+                                f"not provide)")
+    return dtype
+
+
+def _device(device: str | torch.device) -> torch.device:
+    if isinstance(device, torch.device):
+        return device
+    if not isinstance(device, str):
+        raise ArgumentTypeError(f"device must be a string such as 'cpu' or 'cuda:0', or a torch.device; got "
+                                f"{type(device).__name__}")
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise InvalidInputError(f"device={device!r} is not a device torch knows ({exc}); use 'cpu', 'cuda', "
+                                f"'cuda:N' or 'mps'") from None

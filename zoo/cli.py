@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import inspect
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -25,6 +27,7 @@ import zoo
 import zoo.api
 from zoo.errors import ZooError
 from zoo.registry import Command
+from zoo.registry.errors import InvalidInputError, MissingFileError
 
 # -- helpers for every command, built-in or a plugin's ---------------------------------------------------------
 
@@ -43,17 +46,38 @@ def create_from_args(args: argparse.Namespace, **kwargs: Any) -> Any:
 
 
 def image_files(paths: Sequence[str]) -> list[str]:
-    """IMAGE arguments, checked before any model is loaded (a typo should not cost a download)."""
+    """IMAGE arguments, checked before any model is loaded (a typo should not cost a download).
+
+    A folder stands for the image files directly inside it, sorted by name, as timm's inference script reads a
+    folder (files whose extension PIL does not open are skipped; a folder with none is refused). Returns the
+    image paths in order, folders expanded: print results against this list, not the raw arguments.
+    """
     from PIL import Image, UnidentifiedImageError
 
+    files: list[str] = []
     for path in paths:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"image file not found: {path}")
+        p = Path(path)
+        if p.is_dir():
+            readable = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+            inside = sorted(str(f) for f in p.iterdir() if f.is_file() and f.suffix.lower() in readable)
+            if not inside:
+                raise InvalidInputError(f"{path} is a folder with no image files in it (looked for .png, .jpg, "
+                                        f".jpeg, .webp, ... directly inside it)")
+            files += inside
+        elif not p.exists():
+            raise MissingFileError(f"image file not found: {path}")
+        elif not p.is_file():
+            raise InvalidInputError(f"{path} is not a regular file (an image file, or a folder of them, is expected)")
+        else:
+            files.append(path)
+    for path in files:
         try:
             Image.open(path).close()  # reads the header only
         except UnidentifiedImageError:
-            raise ValueError(f"{path} is not an image file PIL can read") from None
-    return list(paths)
+            raise InvalidInputError(f"{path} is not an image file PIL can read") from None
+        except OSError as exc:  # unreadable (permissions), not only unrecognised
+            raise InvalidInputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return files
 
 
 def parse_options(pairs: Sequence[str]) -> dict[str, Any]:
@@ -65,12 +89,38 @@ def parse_options(pairs: Sequence[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"--option {pair!r}: write it as KEY=VALUE, e.g. --option eta=0.5")
+            raise InvalidInputError(f"--option {pair!r}: write it as KEY=VALUE, e.g. --option eta=0.5")
         try:
             options[key.strip()] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
             options[key.strip()] = value
     return options
+
+
+#: import name -> distribution name, where they differ (for "pip install ..." hints).
+_DISTRIBUTIONS = {"sklearn": "scikit-learn", "skimage": "scikit-image", "PIL": "pillow", "cv2": "opencv-python",
+                  "yaml": "pyyaml"}
+
+
+def missing_dependency(exc: ModuleNotFoundError, what: str) -> str:
+    """One line for a module that is not installed: which package provides it and the ``pip install`` that adds
+    it, naming zoo's extra when one of zoo's optional-dependency groups (``zoo[train]``) lists the package."""
+    from importlib import metadata
+
+    module = (exc.name or str(exc)).split(".")[0]
+    dist = _DISTRIBUTIONS.get(module, module.replace("_", "-"))
+    extras = []
+    try:
+        for requirement in metadata.requires("zoo") or ():
+            name = re.split(r"[\s<>=!~;\[(]", requirement, maxsplit=1)[0]
+            extra = re.search(r"extra\s*==\s*[\"']([^\"']+)", requirement)
+            if extra and name.lower().replace("_", "-") == dist.lower():
+                extras.append(extra.group(1))
+    except metadata.PackageNotFoundError:  # pragma: no cover - zoo run from a source tree, not installed
+        pass
+    extra = next((e for e in extras if e != "test"), extras[0] if extras else None)
+    install = f'pip install "zoo[{extra}]"' if extra else f"pip install {dist}"
+    return f"{what} needs {dist} (module {module!r}), which is not installed: {install}"
 
 
 def require(model: Any, method: str, name: str) -> Any:
@@ -83,8 +133,13 @@ def require(model: Any, method: str, name: str) -> Any:
 # -- the core commands -------------------------------------------------------------------------------------------
 
 
-def cmd_list(args: argparse.Namespace) -> None:
+def cmd_list(args: argparse.Namespace) -> int | None:
     names = zoo.list_models(args.pattern, family=args.family, interface=args.interface)
+    if not names:  # as grep and `pip list` filters do: say so, and exit 1
+        filters = "".join(f" with {k} {v!r}" for k, v in (("family", args.family), ("interface", args.interface)) if v)
+        print(f"zoo: no model matches {args.pattern!r}{filters} (`zoo list` shows all "
+              f"{len(zoo.list_models())})", file=sys.stderr)
+        return 1
     if args.markdown:
         print(models_table(names))
         return
@@ -118,6 +173,24 @@ def cmd_download(args: argparse.Namespace) -> None:
     print(hub.download(args.name, args.weights))
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Re-hash the cached files of NAME (or of every model with a Hub repo): exit 1 if any is damaged."""
+    from zoo import hub
+
+    names = [args.name] if args.name else [n for n in zoo.list_models() if zoo.get_entry(n).repo_id]
+    damaged = 0
+    for name in names:
+        entry = zoo.get_entry(name)
+        if entry.repo_id is None:
+            raise InvalidInputError(f"{name} ships in the package (no Hub files to verify)")
+        for file, status in hub.verify(entry):
+            if status == "not cached" and not args.name:
+                continue
+            damaged += status.startswith("damaged")
+            print(f"{name:<24} {file:<44} {status}")
+    return 1 if damaged else 0
+
+
 def cmd_samplers(args: argparse.Namespace) -> None:
     for name in zoo.list_samplers():
         s = zoo.get_sampler(name)
@@ -133,14 +206,17 @@ def cmd_plugins(args: argparse.Namespace) -> None:
         commands = [c for c, owner in reg.command_plugins.items() if owner == name]
         extra = (f", samplers: {', '.join(samplers)}" if samplers else "") + \
             (f", commands: {', '.join(commands)}" if commands else "")
-        print(f"{name:<20} ok      {n_models} models{extra}")
+        print(f"{name:<20} ok      {n_models} model{'' if n_models == 1 else 's'}{extra}")
     for name, why in reg.failures.items():
         print(f"{name:<20} FAILED  {why}")
+    for kind, name in reg.clashes:
+        print(f"{'(clash)':<20} CLASH   {reg.clash_message(kind, name)}")
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
-    from zoo.image import save_grid
+    from zoo.image import check_image_output, save_grid
 
+    check_image_output(args.output)  # -o out_dir/ or -o x.unknown: refused now, not after minutes of sampling
     options = parse_options(args.option)
     if args.eta is not None:
         options["eta"] = args.eta
@@ -148,7 +224,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
         try:
             zoo.get_sampler(args.sampler).check_options(options)
         except TypeError as exc:
-            raise ValueError(str(exc)) from None
+            raise InvalidInputError(str(exc)) from None
     # Only what the user set reaches sample(): a pipeline fills in its defaults, and a generator that is not a
     # diffusion pipeline (a normalizing flow: sample(n, generator=, temperature=)) is not handed diffusion options.
     chosen = {"steps": args.steps, "sampler": args.sampler, "schedule": args.schedule, "spacing": args.spacing,
@@ -166,7 +242,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     unused = sorted(set(conditioning) - set(takes))
     if unused:
         flags = ", ".join("--" + k.replace("_", "-") for k in unused)
-        raise ValueError(f"{args.name} takes no {flags}" + (f" (its conditioning: {', '.join(takes)})" if takes else
+        raise InvalidInputError(f"{args.name} takes no {flags}" + (f" (its conditioning: {', '.join(takes)})" if takes else
                                                             " (it is unconditional)"))
     options.update(conditioning)
     generator = torch.Generator().manual_seed(args.seed)
@@ -175,7 +251,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
         inspect.signature(sample).bind(n, generator=generator, **options)
     except TypeError:
         takes = [p for p in inspect.signature(sample).parameters if p not in ("n", "generator")]
-        raise ValueError(f"{args.name}.sample takes {', '.join(takes) or 'no options'}; got "
+        raise InvalidInputError(f"{args.name}.sample takes {', '.join(takes) or 'no options'}; got "
                          f"{', '.join(sorted(options))}") from None
     images = sample(n, generator=generator, **options)
     seconds = time.perf_counter() - start
@@ -191,8 +267,20 @@ def cmd_train(args: argparse.Namespace) -> None:
     # Never the packaged folder by default: a trial run must not replace the shipped, tested weights.
     out = Path(args.output or args.name)
     options = {"steps": args.steps} if args.steps else {}
-    path = entry.train(out, seed=args.seed, **options)
-    print(f"wrote {path}; sample from it with `zoo sample {args.name} --weights {path}`"
+    if "progress" in inspect.signature(entry.train).parameters:
+        from zoo.progress import enabled
+
+        options["progress"] = enabled(True)  # -q, TQDM_DISABLE, zoo.set_progress_bar_config
+    began = time.time()
+    try:
+        path = entry.train(out, seed=args.seed, **options)
+    except ModuleNotFoundError as exc:  # a training-only dependency (the data set's package, ...)
+        raise ZooError(missing_dependency(exc, f"`zoo train {args.name}`")) from None
+    if Path(path).is_dir():  # a new folder the run wrote whole: the user's umask, not safetensors' 0600
+        from zoo.outputs import follow_umask
+
+        follow_umask(path, since=began)
+    print(f"wrote {path}; load it with `--weights {path}` (`zoo.create({args.name!r}, weights=...)` in Python)"
           + (f", or copy it over {entry.local_dir} to ship it" if entry.local_dir else ""))
 
 
@@ -217,13 +305,21 @@ def _sample_arguments(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("-o", "--output", default="samples.png")
 
 
+def positive_int(text: str) -> int:
+    """An argparse ``type=`` for counts: an integer of 1 or more."""
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {n}")
+    return n
+
+
 def _labels(text: str | None) -> list[int | str] | None:
     """``--labels 207,otter`` -> ``[207, "otter"]``: ids as ints, names as they are (the model resolves them)."""
     if text is None:
         return None
     items = [item.strip() for item in text.split(",") if item.strip()]
     if not items:
-        raise ValueError("--labels is empty: give class ids or names, comma-separated (e.g. --labels 207,360)")
+        raise InvalidInputError("--labels is empty: give class ids or names, comma-separated (e.g. --labels 207,360)")
     return [int(item) if item.lstrip("-").isdigit() else item for item in items]
 
 
@@ -258,6 +354,8 @@ CORE_COMMANDS = (
     Command("plugins", cmd_plugins, "list plugins, what they add, and any that failed to load"),
     Command("sample", cmd_sample, "generate images and save them as a grid", _sample_arguments),
     Command("train", cmd_train, "retrain a model zoo trains itself (e.g. ddpm-digits)", _train_arguments),
+    Command("verify", cmd_verify, "re-hash a model's cached Hub files (all models: no NAME)",
+            lambda sp: sp.add_argument("name", nargs="?", help="model name (default: every cached model)")),
 )
 
 
@@ -304,17 +402,77 @@ def build_parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(command.name, help=command.help, description=command.help)
         if command.arguments is not None:
             command.arguments(sp)
-        sp.set_defaults(fn=command.run)
+        _add_run_options(sp)
+        sp.set_defaults(fn=_configured(command.run))
+        _plain_help(sp)
+    _plain_help(p)
     return p
+
+
+def _threads(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number of threads")
+    return n
+
+
+def _add_run_options(sp: argparse.ArgumentParser) -> None:
+    """``-q/--quiet`` and ``--threads N`` on every command (unless the command defines them itself)."""
+    taken = sp._option_string_actions
+    if "-q" not in taken and "--quiet" not in taken:
+        sp.add_argument("-q", "--quiet", action="store_true",
+                        help="no progress bars (as TQDM_DISABLE=1 or HF_HUB_DISABLE_PROGRESS_BARS=1)")
+    if "--threads" not in taken:
+        sp.add_argument("--threads", type=_threads, metavar="N",
+                        help="CPU threads for torch (torch.set_num_threads; default: OMP_NUM_THREADS, else all cores)")
+
+
+def _configured(run: Any) -> Any:
+    """``run`` after applying the options :func:`_add_run_options` adds."""
+    @functools.wraps(run)
+    def configured(args: argparse.Namespace) -> Any:
+        if getattr(args, "threads", None) is not None:
+            torch.set_num_threads(args.threads)
+        if getattr(args, "quiet", False):
+            zoo.set_progress_bar_config(disable=True)
+        return run(args)
+    return configured
+
+
+_REST = [(re.compile(r"``([^`]+)``"), r"'\1'"), (re.compile(r":[a-z]+:`~?([^`]+)`"), r"\1")]
+
+
+def _plain(text: str | None) -> str | None:
+    """Help text as plain text: reST's ``literal`` and :role:`target` markup (from docstrings) without markup."""
+    if not text:
+        return text
+    for pattern, repl in _REST:
+        text = pattern.sub(repl, text)
+    return text
+
+
+def _plain_help(parser: argparse.ArgumentParser) -> None:
+    parser.description = _plain(parser.description)
+    parser.epilog = _plain(parser.epilog)
+    for action in parser._actions:
+        action.help = _plain(action.help) if isinstance(action.help, str) else action.help
+        for choice in getattr(action, "_choices_actions", ()):  # sub-command one-liners in `zoo --help`
+            choice.help = _plain(choice.help)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         status = args.fn(args)
-    except (ZooError, FileNotFoundError, ValueError) as exc:
+    except ZooError as exc:  # a mistake zoo named: one line. Anything else is a bug: its traceback shows.
         print(f"zoo: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("zoo: interrupted", file=sys.stderr)
+        return 130
     return int(status or 0)
 
 

@@ -1,7 +1,10 @@
-"""The errors zoo raises (defined in ``zoo.registry.errors``, the bottom floor, so plugins and the core share them)."""
-from zoo.registry.errors import (ContractError, CorruptWeightsError, DownloadError, DuplicateNameError,
-                                 MissingFileError, OfflineError, UnknownModelError, UnsafeWeightsError,
-                                 WeightsMismatchError, ZooError)
+"""The errors zoo raises (defined in ``zoo.registry.errors``, the bottom floor, so plugins and the core share them;
+its docstring has the table of which builtin each one also is)."""
+from zoo.registry.errors import (ArgumentTypeError, ConfigError, ContractError, CorruptWeightsError, DownloadError,
+                                 DuplicateNameError, InvalidInputError, MissingFileError, NonFiniteError, OfflineError,
+                                 UnknownModelError, UnsafeWeightsError, UnsupportedError, WeightsMismatchError,
+                                 ZooError)
 
-__all__ = ["ContractError", "CorruptWeightsError", "DownloadError", "DuplicateNameError", "MissingFileError",
-           "OfflineError", "UnknownModelError", "UnsafeWeightsError", "WeightsMismatchError", "ZooError"]
+__all__ = ["ArgumentTypeError", "ConfigError", "ContractError", "CorruptWeightsError", "DownloadError",
+           "DuplicateNameError", "InvalidInputError", "MissingFileError", "NonFiniteError", "OfflineError",
+           "UnknownModelError", "UnsafeWeightsError", "UnsupportedError", "WeightsMismatchError", "ZooError"]

@@ -22,15 +22,21 @@ What huggingface_hub (2.x) guarantees and what zoo adds:
   deleted and reported, so the next call downloads it again. A blob that passed is stamped (size, mtime, inode)
   beside the cache's own folders, so a multi-GB checkpoint is hashed once, not on every ``create``.
 * Offline, or with the Hub unreachable, a file that is not cached raises :class:`OfflineError` naming the
-  model and the way out, instead of huggingface_hub's ``LocalEntryNotFoundError``.
+  model and the way out, instead of huggingface_hub's ``LocalEntryNotFoundError``. Unreachable is found out
+  in under 2 seconds: before asking the Hub, :func:`fetch` opens one TCP connection to the endpoint (or the
+  proxy the environment names); when that fails, only the cache is asked, instead of huggingface_hub's
+  retries with back-off (about 25 seconds).
 """
 from __future__ import annotations
 
 import hashlib
 import os
 import re
+import socket
+import threading
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from urllib.parse import urlsplit
 from pathlib import Path
 
 from huggingface_hub import constants as hf_constants
@@ -67,6 +73,8 @@ class HubSettings:
     endpoint: str
     cache_dir: Path
     offline: bool
+    #: why the endpoint could not be reached just now (:func:`unreachable`), or None.
+    unreachable: str | None = None
 
 
 def settings() -> HubSettings:
@@ -92,6 +100,52 @@ def settings() -> HubSettings:
     return HubSettings(endpoint, Path(os.path.expandvars(cache)).expanduser(), offline)
 
 
+def unreachable(endpoint: str, timeout: float = 1.5) -> str | None:
+    """Why ``endpoint`` cannot be reached now (one TCP connection, name lookup included, within ``timeout``
+    seconds), or None when it answers. Through the proxy ``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``ALL_PROXY`` name
+    when one is set (and ``NO_PROXY`` does not exempt the host), since that is where requests go."""
+    parts = urlsplit(endpoint)
+    host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    if not host:
+        return None  # not a URL zoo can probe: leave it to huggingface_hub
+    no_proxy = [h.strip().lstrip(".") for h in (os.environ.get("NO_PROXY") or os.environ.get("no_proxy") or "").split(",")]
+    if not any(h and (h == "*" or host == h or host.endswith("." + h)) for h in no_proxy):
+        for var in (f"{parts.scheme.upper()}_PROXY", "ALL_PROXY"):
+            proxy = os.environ.get(var) or os.environ.get(var.lower())
+            if proxy:
+                p = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+                host, port = p.hostname or host, p.port or 8080
+                break
+    outcome: list[str | None] = []
+
+    def connect() -> None:  # in a thread: the name lookup itself has no timeout
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            outcome.append(None)
+        except OSError as exc:
+            outcome.append(f"{type(exc).__name__}: {exc.strerror or exc} ({host}:{port})")
+
+    worker = threading.Thread(target=connect, daemon=True)
+    worker.start()
+    worker.join(timeout + 0.25)
+    return outcome[0] if outcome else f"no answer from {host}:{port} within {timeout:g} s"
+
+
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+
+
+def looks_like_path(weights: str | os.PathLike) -> bool:
+    """Whether ``weights=`` names a local path rather than a Hub repo id: a ``PathLike``; text that exists on
+    disk, starts with ``.``, ``~`` or a separator, ends with one, has a backslash or two slashes, or is not the
+    Hub's ``owner/name`` form. Such a name is never sent to the Hub, so a typo fails at once. (``owner/name``
+    that does not exist locally is a repo id, as in transformers' and diffusers' ``from_pretrained``.)"""
+    if not isinstance(weights, str):
+        return True
+    return (os.path.lexists(os.path.expanduser(weights)) or weights.startswith((".", "~", "/", os.sep))
+            or weights.endswith(("/", os.sep)) or "\\" in weights or weights.count("/") > 1
+            or not _REPO_ID.fullmatch(weights))
+
+
 def _alternatives(slot: str | tuple[str, ...]) -> tuple[str, ...]:
     return (slot,) if isinstance(slot, str) else tuple(slot)
 
@@ -110,6 +164,13 @@ def fetch(entry: ModelEntry, weights: str | os.PathLike | None = None) -> Path:
     """
     if weights is not None and Path(weights).expanduser().is_dir():
         return _check_local_dir(entry, Path(weights).expanduser())
+    if weights is not None and looks_like_path(weights):
+        what = ("is a file, not a folder" if Path(weights).expanduser().exists() else
+                "does not exist: no such file or folder (so neither an existing local directory nor a repo: a path "
+                "is never sent to the Hub)")
+        raise MissingFileError(f"weights={os.fspath(weights)!r} {what}. weights= takes a folder in the Hub layout of "
+                               f"{entry.repo_id or entry.name!r} (its config and weight files), or a Hub repo id "
+                               f"(owner/name)")
     if weights is None and entry.repo_id is None:
         if entry.local_dir is None:
             raise MissingFileError(f"model {entry.name!r} names neither a Hub repo nor a local directory")
@@ -123,6 +184,8 @@ def fetch(entry: ModelEntry, weights: str | os.PathLike | None = None) -> Path:
                       f"branch, which its owners may change. For a fixed copy, `zoo download {entry.name}` once and "
                       f"keep the cache, or pass weights= a local directory.", UnpinnedRevisionWarning, stacklevel=3)
     cfg = settings()
+    if not cfg.offline:  # seconds, not huggingface_hub's half minute of retries, to learn there is no network
+        cfg = replace(cfg, unreachable=unreachable(cfg.endpoint))
     root: Path | None = None
     for slot in entry.all_files:
         path, name = _download_first(entry, repo_id, revision, _alternatives(slot), cfg, weights is not None)
@@ -180,7 +243,7 @@ def _download_first(entry: ModelEntry, repo_id: str, revision: str | None, names
     where = f"{repo_id}@{revision}" if revision else repo_id
     not_cached: list[str] = []
     cause: BaseException | None = None
-    local_only = cfg.offline
+    local_only = cfg.offline or cfg.unreachable is not None
     for name in names:
         try:
             path = hf_hub_download(repo_id, name, revision=revision, cache_dir=cfg.cache_dir, endpoint=cfg.endpoint,
@@ -221,6 +284,8 @@ def _download_first(entry: ModelEntry, repo_id: str, revision: str | None, names
             raise
     if not_cached:
         reason = (f"offline mode is on (HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '1')})" if cfg.offline
+                  else f"the Hub at {cfg.endpoint} could not be reached ({cfg.unreachable}; HF_HUB_OFFLINE is not "
+                       f"set)" if cfg.unreachable
                   else f"the Hub at {cfg.endpoint} could not be reached ({type(cause).__name__}: "
                        f"{_first_line(cause)}; HF_HUB_OFFLINE is not set)")
         raise OfflineError(
@@ -278,7 +343,33 @@ def _stamp(blob: Path) -> tuple[Path, str]:
     return blob.parent.parent / ".zoo-verified" / blob.name, f"{st.st_size} {st.st_mtime_ns} {st.st_ino}"
 
 
-def verify_blob(path: Path) -> None:
+def verify(entry: ModelEntry) -> list[tuple[str, str]]:
+    """Re-hash every cached file of ``entry`` now, whatever the stamps say (``zoo verify NAME``).
+
+    Returns ``(file, status)`` pairs, status ``"ok"``, ``"not cached"`` or ``"damaged: ..."`` (the damaged file is
+    deleted, as on load, so the next call downloads it again). Needs no network: only the cache is read.
+    """
+    from huggingface_hub import try_to_load_from_cache
+
+    cfg = settings()
+    names = [n for f in entry.all_files for n in (f if isinstance(f, tuple) else (f,))]
+    names += [f"{n}.index.json" for c in entry.components for n in c.weights]
+    results: list[tuple[str, str]] = []
+    for name in dict.fromkeys(names):
+        cached = try_to_load_from_cache(entry.repo_id, name, cache_dir=cfg.cache_dir, revision=entry.revision)
+        if not isinstance(cached, str):
+            if not name.endswith(".index.json"):
+                results.append((name, "not cached"))
+            continue
+        try:
+            verify_blob(Path(cached), force=True)
+            results.append((name, "ok"))
+        except CorruptWeightsError as exc:
+            results.append((name, f"damaged: {exc}"))
+    return results
+
+
+def verify_blob(path: Path, *, force: bool = False) -> None:
     """Check a cached Hub file against the hash its blob is named by; delete it and raise if it does not match.
 
     The Hub cache stores each file as ``blobs/<etag>``: the SHA-256 of the content for LFS files (weights),
@@ -298,8 +389,8 @@ def verify_blob(path: Path) -> None:
         return
     stamp, signature = _stamp(blob)
     try:
-        if stamp.read_text() == signature:
-            return  # hashed before, and not touched since
+        if not force and stamp.read_text() == signature:
+            return  # hashed before, and not touched since (size, mtime and inode unchanged)
     except OSError:
         pass
     with open(blob, "rb") as f:

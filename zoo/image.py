@@ -1,4 +1,8 @@
-"""Image batches to pictures: tile ``(N, C, H, W)`` tensors in [0, 1] into one grid image."""
+"""Image batches to pictures: tile ``(N, C, H, W)`` tensors in [0, 1] into one grid image, and write it.
+
+Writing follows :mod:`zoo.outputs`: the path is checked before any work (:func:`check_image_output`), the file is
+written through a temporary name and renamed, and it gets the user's umask.
+"""
 from __future__ import annotations
 
 import math
@@ -8,6 +12,10 @@ from pathlib import Path
 import torch
 from PIL import Image
 from torch import Tensor
+
+from zoo.registry.errors import InvalidInputError
+
+from .outputs import atomic_path, check_output, image_formats
 
 
 def make_grid(images: Tensor, nrow: int | None = None, *, padding: int = 2, scale: int | None = None) -> Image.Image:
@@ -23,7 +31,7 @@ def make_grid(images: Tensor, nrow: int | None = None, *, padding: int = 2, scal
         A PIL image, mode ``"L"`` or ``"RGB"``.
     """
     if images.ndim != 4 or images.shape[1] not in (1, 3):
-        raise ValueError(f"images must have shape (N, 1 or 3, H, W), got {tuple(images.shape)}")
+        raise InvalidInputError(f"images must have shape (N, 1 or 3, H, W), got {tuple(images.shape)}")
     n, c, h, w = images.shape
     nrow = nrow or max(1, math.ceil(math.sqrt(n)))
     rows = math.ceil(n / nrow)
@@ -39,10 +47,22 @@ def make_grid(images: Tensor, nrow: int | None = None, *, padding: int = 2, scal
     return picture
 
 
+def check_image_output(path: str | os.PathLike, *, flag: str = "-o") -> Path:
+    """Refuse, before any model is built, an image path PIL cannot write: a folder, an extension PIL has no
+    writer for (``.unknown``), or a folder that cannot be created or written (:func:`zoo.outputs.check_output`)."""
+    return check_output(path, image_formats(Path(path).suffix), flag=flag)
+
+
 def save_grid(images: Tensor, path: str | os.PathLike, nrow: int | None = None, *, padding: int = 2,
               scale: int | None = None) -> Path:
-    """:func:`make_grid` and write it (the format follows the suffix: .png, .jpg, ...). Returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    make_grid(images, nrow, padding=padding, scale=scale).save(path)
+    """:func:`make_grid` and write it (the format follows the suffix: .png, .jpg, ...). Returns the path.
+
+    The path is checked first (:func:`check_image_output`); the file is written to a temporary name beside it
+    and renamed, so an interrupted write leaves nothing, and it gets mode ``0666 & ~umask``.
+    """
+    path = check_image_output(path)
+    picture = make_grid(images, nrow, padding=padding, scale=scale)
+    fmt = image_formats(path.suffix)[path.suffix.lower()]
+    with atomic_path(path) as tmp:
+        picture.save(tmp, format=fmt)
     return path

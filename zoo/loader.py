@@ -28,10 +28,10 @@ from torch import Tensor, nn
 
 from zoo.registry import Component
 
-from .errors import MissingFileError, WeightsMismatchError
+from .errors import ConfigError, MissingFileError, WeightsMismatchError, ZooError
 from .weights import load_into, load_sharded, load_state_dict, read_json, rename
 
-__all__ = ["component_dir", "convert_state_dict", "fill", "find_weights", "load_component", "read_component_config",
+__all__ = ["build_checked", "component_dir", "convert_state_dict", "fill", "find_weights", "load_component", "read_component_config",
            "read_weights"]
 
 
@@ -54,8 +54,59 @@ def read_component_config(component: Component, files: Path | None) -> Any:
             raise MissingFileError(f"component {component.name!r} has no packaged config to build without files; "
                                    f"load it from its repo (pretrained=True) or pass weights=")
         return component.config
-    raw = read_json(component_dir(files, component) / component.config_file) if component.config_file else {}
-    return component.read_config(raw)
+    path = component_dir(files, component) / component.config_file if component.config_file else None
+    raw = read_json(path) if path is not None else {}
+    source = str(path) if path is not None else f"{files} ({component.name})"
+    try:
+        return component.read_config(raw)
+    except ConfigError as exc:
+        raise ConfigError(_where(source, exc)) from exc
+    except (ZooError, ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError, RecursionError,
+            NotImplementedError, AssertionError) as exc:
+        # a damaged config a family's reader did not anticipate: name the file, never a raw traceback
+        raise ConfigError(f"{source}: the {component.name} config cannot be read: {type(exc).__name__}: {exc}") from exc
+
+
+def _where(source: str, exc: Exception) -> str:
+    message = str(exc)
+    return message if source in message else f"{source}: {message}"
+
+
+#: how many times the published architecture's parameter count a config may imply before it is refused unread.
+MAX_PARAMS_FACTOR = 16
+
+
+def build_checked(component: Component, config: Any, source: str) -> nn.Module:
+    """``component.build(config)`` on the meta device (no memory), refusing a config that builds nothing or
+    implies far more parameters than the published architecture (a damaged width or depth), before any tensor
+    is allocated. Raises ConfigError naming ``source``."""
+    try:
+        with torch.device("meta"):
+            module = component.build(config)
+    except ZooError as exc:
+        raise ConfigError(_where(source, exc)) from exc
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, RuntimeError, OverflowError,
+            AssertionError) as exc:  # timm and torch assert on the values they are built from
+        raise ConfigError(f"{source}: the {component.name} config builds no network: {type(exc).__name__}: {exc}") from exc
+    if component.config is not None and config != component.config:
+        published = _published_params(component)
+        params = sum(p.numel() for p in module.parameters())
+        if published and params > MAX_PARAMS_FACTOR * published + 10_000_000:
+            raise ConfigError(f"{source}: the {component.name} config implies {params:,} parameters, "
+                              f"{params / published:.0f}x the published architecture's {published:,}: refused as "
+                              f"damaged (a width or depth out of all proportion)")
+    return module
+
+
+_PUBLISHED: dict[int, int] = {}
+
+
+def _published_params(component: Component) -> int:
+    key = id(component.config)
+    if key not in _PUBLISHED:
+        with torch.device("meta"):
+            _PUBLISHED[key] = sum(p.numel() for p in component.build(component.config).parameters())
+    return _PUBLISHED[key]
 
 
 def find_weights(folder: Path, names: tuple[str, ...]) -> Path:
@@ -124,8 +175,7 @@ def load_component(component: Component, files: Path | None, *, device: torch.de
         with torch.device(device):
             module = component.build(config)
         return module.to(dtype=dtype).eval()
-    with torch.device("meta"):
-        module = component.build(config)
+    module = build_checked(component, config, str(component_dir(files, component) / (component.config_file or "")))
     path = find_weights(component_dir(files, component), component.weights)
     state = convert_state_dict(component, read_weights(path))
     fill(module, state, source=str(path), ignore=component.ignore)

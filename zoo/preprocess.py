@@ -29,8 +29,9 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import Tensor
+from zoo.registry.errors import ArgumentTypeError, InvalidInputError, MissingFileError, UnsupportedError
 
 ImageLike = Any
 """A path, a PIL image, a uint8 / float tensor or numpy array ``(3, H, W)``, ``(N, 3, H, W)`` or ``(H, W, 3)``."""
@@ -82,12 +83,12 @@ class ImagePreprocess:
 
     def __post_init__(self) -> None:
         if self.interpolation not in _PIL_FILTERS:
-            raise ValueError(f"interpolation must be one of {sorted(_PIL_FILTERS)}, got {self.interpolation!r}")
+            raise InvalidInputError(f"interpolation must be one of {sorted(_PIL_FILTERS)}, got {self.interpolation!r}")
         if self.crop_rounding not in ("round", "floor"):
-            raise ValueError(f"crop_rounding must be 'round' or 'floor', got {self.crop_rounding!r}")
+            raise InvalidInputError(f"crop_rounding must be 'round' or 'floor', got {self.crop_rounding!r}")
         final = self.crop or (self.resize if isinstance(self.resize, tuple) else None)
         if final is not None and tuple(final) != tuple(self.size):
-            raise ValueError(f"size {self.size} disagrees with the crop/resize, which give {tuple(final)}")
+            raise InvalidInputError(f"size {self.size} disagrees with the crop/resize, which give {tuple(final)}")
 
     # -- construction from checkpoint configs ------------------------------------------------------------------
 
@@ -99,14 +100,14 @@ class ImagePreprocess:
         crop_pct = pretrained_cfg.get("crop_pct") or 0.875  # timm's DEFAULT_CROP_PCT
         crop_mode = pretrained_cfg.get("crop_mode") or "center"
         if crop_pct > 1:
-            raise NotImplementedError(f"crop_pct {crop_pct} > 1 (padding crops) is not supported")
+            raise UnsupportedError(f"crop_pct {crop_pct} > 1 (padding crops) is not supported")
         scale = (math.floor(h / crop_pct), math.floor(w / crop_pct))
         if crop_mode == "squash":
             resize: int | tuple[int, int] = scale
         elif crop_mode == "center" and scale[0] == scale[1]:
             resize = scale[0]
         else:  # 'border', or 'center' with a non-square input: timm's ResizeKeepRatio, not needed by any entry yet
-            raise NotImplementedError(f"timm crop_mode {crop_mode!r} with input size {(h, w)} is not supported")
+            raise UnsupportedError(f"timm crop_mode {crop_mode!r} with input size {(h, w)} is not supported")
         interpolation = pretrained_cfg.get("interpolation", "bilinear")
         return cls(size=(h, w), resize=resize, crop=(h, w), interpolation=interpolation,
                    mean=tuple(pretrained_cfg.get("mean", (0.485, 0.456, 0.406))),
@@ -123,7 +124,7 @@ class ImagePreprocess:
         d = defaults or ProcessorDefaults()
         resample = cfg.get("resample", d.resample)
         if resample not in _HF_RESAMPLE:
-            raise NotImplementedError(f"resample {_HF_RESAMPLE_NAMES.get(resample, resample)!r} is not supported; "
+            raise UnsupportedError(f"resample {_HF_RESAMPLE_NAMES.get(resample, resample)!r} is not supported; "
                                       f"zoo implements {sorted(_HF_RESAMPLE.values())}")
         resize: int | tuple[int, int] | None = None
         if cfg.get("do_resize", True):
@@ -135,7 +136,7 @@ class ImagePreprocess:
             elif isinstance(size, int):
                 resize = (size, size) if d.default_to_square else size
             else:
-                raise NotImplementedError(f"preprocessor size {size!r} is not supported (expected an int, "
+                raise UnsupportedError(f"preprocessor size {size!r} is not supported (expected an int, "
                                           "{'shortest_edge': n} or {'height': h, 'width': w})")
         crop = None
         if cfg.get("do_center_crop", d.do_center_crop):
@@ -143,7 +144,7 @@ class ImagePreprocess:
             crop = (c, c) if isinstance(c, int) else (int(c["height"]), int(c["width"]))
         final = crop or (resize if isinstance(resize, tuple) else None)
         if final is None:
-            raise NotImplementedError("preprocessor gives no fixed output size (no crop and no exact resize)")
+            raise UnsupportedError("preprocessor gives no fixed output size (no crop and no exact resize)")
         normalize = cfg.get("do_normalize", True)
         mean = tuple(cfg.get("image_mean", d.mean)) if normalize else (0.0, 0.0, 0.0)
         std = tuple(cfg.get("image_std", d.std)) if normalize else (1.0, 1.0, 1.0)
@@ -186,14 +187,14 @@ class ImagePreprocess:
             return x
         (h, w), (ch, cw) = x.shape[-2:], self.crop
         if ch > h or cw > w:
-            raise ValueError(f"cannot centre-crop {ch}x{cw} from a {h}x{w} image: the resize leaves it too small")
+            raise InvalidInputError(f"cannot centre-crop {ch}x{cw} from a {h}x{w} image: the resize leaves it too small")
         offset = (lambda m: int(round(m / 2.0))) if self.crop_rounding == "round" else (lambda m: m // 2)
         top, left = offset(h - ch), offset(w - cw)
         return x[..., top:top + ch, left:left + cw]
 
     def _finish(self, x: Tensor, *, uint8: bool) -> Tensor:
         if tuple(x.shape[-2:]) != tuple(self.size):
-            raise ValueError(f"preprocessing gave {tuple(x.shape[-2:])}, expected {self.size}: "
+            raise InvalidInputError(f"preprocessing gave {tuple(x.shape[-2:])}, expected {self.size}: "
                              "set resize/crop so that they end at size")
         # float input is [0, 1], i.e. uint8 / 255: scale it as the reference would have scaled the uint8 pixels
         x = x.float() * (self.rescale if uint8 else 255 * self.rescale)
@@ -219,9 +220,13 @@ def load_images(images: ImageLike) -> list[Image.Image | Tensor]:
     """Normalise any accepted input to a list of RGB PIL images and ``(3, H, W)`` tensors (uint8 or float [0, 1]).
 
     Accepts a path, a PIL image, a list of either, or a uint8 / float tensor (or numpy array) shaped
-    ``(3, H, W)``, ``(N, 3, H, W)`` or ``(H, W, 3)``. Greyscale, palette and RGBA PIL images become RGB
-    (transparency composited onto white, as transformers does). Raises a ValueError / TypeError naming the
-    problem and the fix for anything else.
+    ``(3, H, W)``, ``(N, 3, H, W)`` or ``(H, W, 3)``. Files and PIL images are turned upright by their EXIF
+    orientation (``PIL.ImageOps.exif_transpose``, as transformers' ``load_image`` does: a phone photo taken
+    upright is seen upright). Greyscale, palette, CMYK, greyscale-with-alpha and RGBA PIL images become RGB as
+    timm's and transformers' loaders convert them (``Image.convert("RGB")``; transparency composited onto
+    white, as transformers does); 16-bit greyscale is scaled to 8 bits (0..65535 -> 0..255) where
+    ``convert`` would clip every value above 255 to white. Raises a ValueError / TypeError naming the problem
+    and the fix for anything else.
     """
     if isinstance(images, (str, os.PathLike, Image.Image)):
         return [_one(images)]
@@ -233,7 +238,7 @@ def load_images(images: ImageLike) -> list[Image.Image | Tensor]:
     if isinstance(images, Iterable):
         items = list(images)
         if not items:
-            raise ValueError("no images given (an empty list)")
+            raise InvalidInputError("no images given (an empty list)")
         out: list[Image.Image | Tensor] = []
         for item in items:
             if isinstance(item, (Tensor, np.ndarray)) and _as_tensor(item).ndim == 4:
@@ -241,15 +246,18 @@ def load_images(images: ImageLike) -> list[Image.Image | Tensor]:
             else:
                 out.append(_one(item))
         return out
-    raise TypeError(f"cannot read images from {type(images).__name__}: pass a path, a PIL image, a uint8 or float "
+    raise ArgumentTypeError(f"cannot read images from {type(images).__name__}: pass a path, a PIL image, a uint8 or float "
                     "tensor (3, H, W) / (N, 3, H, W) / (H, W, 3), or a list of these")
 
 
 def _one(item: Any) -> Image.Image | Tensor:
     if isinstance(item, (str, os.PathLike)):
         path = Path(item)
+        if path.is_dir():
+            raise InvalidInputError(f"{path} is a folder, not an image file: pass the image files in it (e.g. "
+                                    f"sorted(Path({str(path)!r}).glob('*.jpg'))); the zoo commands take a folder")
         if not path.is_file():
-            raise FileNotFoundError(f"image file not found: {path}")
+            raise MissingFileError(f"image file not found: {path}")
         with Image.open(path) as img:
             return _to_rgb(img)
     if isinstance(item, Image.Image):
@@ -257,19 +265,27 @@ def _one(item: Any) -> Image.Image | Tensor:
     if isinstance(item, (Tensor, np.ndarray)):
         x = _as_tensor(item)
         if x.ndim != 3:
-            raise ValueError(f"an image tensor must be (3, H, W), (H, W, 3) or a batch (N, 3, H, W); got shape "
+            raise InvalidInputError(f"an image tensor must be (3, H, W), (H, W, 3) or a batch (N, 3, H, W); got shape "
                              f"{tuple(x.shape)}" + (" (greyscale? repeat it to 3 channels: x.expand(3, -1, -1))"
                                                     if x.ndim == 2 else ""))
         if x.shape[0] != 3 and x.shape[-1] == 3:
             x = x.permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
         return _check_tensor(x, shape=tuple(item.shape))
-    raise TypeError(f"cannot read an image from {type(item).__name__}: pass a path, a PIL image or a tensor")
+    raise ArgumentTypeError(f"cannot read an image from {type(item).__name__}: pass a path, a PIL image or a tensor")
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
+    """Upright (EXIF orientation) and RGB, a new image (``img`` is left as it is)."""
+    img.load()
+    upright = ImageOps.exif_transpose(img)  # a copy when it turns the image, else img itself
+    if upright is not None:
+        img = upright
     if img.mode == "RGB":
-        img.load()
         return img.copy()
+    if img.mode.startswith("I;16") or (img.mode == "I" and img.getextrema()[1] > 255):
+        # 16-bit greyscale: Image.convert clips at 255, so scale 0..65535 to 0..255 first (round to nearest)
+        wide = np.asarray(img, dtype=np.float64)
+        img = Image.fromarray(np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8))
     if "A" in img.getbands() or "transparency" in img.info:
         rgba = img.convert("RGBA")
         return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
@@ -285,20 +301,20 @@ def _check_tensor(x: Tensor, *, shape: tuple[int, ...]) -> Tensor:
     if x.shape[0] != 3:
         fix = (" (greyscale: repeat to 3 channels with x.expand(3, -1, -1))" if x.shape[0] == 1 else
                " (RGBA: drop alpha with x[:3])" if x.shape[0] == 4 else "")
-        raise ValueError(f"image tensors must have 3 channels, as (3, H, W), (N, 3, H, W) or (H, W, 3); got shape "
+        raise InvalidInputError(f"image tensors must have 3 channels, as (3, H, W), (N, 3, H, W) or (H, W, 3); got shape "
                          f"{shape}{fix}")
     if x.dtype == torch.uint8:
         return x
     if not x.is_floating_point():
-        raise ValueError(f"image tensors must be uint8 (0..255) or float in [0, 1]; got {x.dtype} "
+        raise InvalidInputError(f"image tensors must be uint8 (0..255) or float in [0, 1]; got {x.dtype} "
                          "(convert with x.to(torch.uint8) if it holds 0..255 values)")
     lo, hi = float(x.min()), float(x.max())
     if not math.isfinite(lo) or not math.isfinite(hi):
-        raise ValueError("image tensor holds NaN or inf values")
+        raise InvalidInputError("image tensor holds NaN or inf values")
     if lo < -1e-3:  # first: negative values mean normalised data, whatever the maximum
-        raise ValueError(f"float image tensors must be in [0, 1]; got values down to {lo:.4g} (already normalised? "
+        raise InvalidInputError(f"float image tensors must be in [0, 1]; got values down to {lo:.4g} (already normalised? "
                          "pass raw images to preprocess, or call the model on the normalised batch directly)")
     if hi > 1.0 + 1e-3:
-        raise ValueError(f"float image tensors must be in [0, 1]; got values up to {hi:.4g} (0..255 floats? divide "
+        raise InvalidInputError(f"float image tensors must be in [0, 1]; got values up to {hi:.4g} (0..255 floats? divide "
                          "by 255, or pass a uint8 tensor)")
     return x.clamp(0, 1)

@@ -17,9 +17,9 @@ from torch import Tensor, nn
 
 from zoo.registry import Renames
 
-from .errors import CorruptWeightsError, MissingFileError, UnsafeWeightsError, WeightsMismatchError
+from .errors import ConfigError, CorruptWeightsError, MissingFileError, UnsafeWeightsError, WeightsMismatchError
 
-__all__ = ["Renames", "check_state_dict", "fuse_qkv", "load_into", "load_sharded", "load_state_dict", "read_json",
+__all__ = ["Renames", "check_dtype_kinds", "check_state_dict", "fuse_qkv", "load_into", "load_sharded", "load_state_dict", "read_json",
            "rename"]
 
 
@@ -28,9 +28,14 @@ def read_json(path: Path) -> dict:
         raise MissingFileError(f"{path} does not exist: the folder is not in the layout this model's repo uses "
                                f"(expected {Path(path).name} at its root)")
     try:
-        return json.loads(Path(path).read_text())
-    except json.JSONDecodeError as exc:
-        raise CorruptWeightsError(f"{path} is not valid JSON ({exc}); delete it and download again") from exc
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise ConfigError(f"{path} is not valid JSON ({type(exc).__name__}: {exc}); delete it and download it "
+                          f"again") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} holds a JSON {type(data).__name__}, not an object of settings; delete it and "
+                          f"download it again")
+    return data
 
 
 def load_state_dict(path: Path) -> dict[str, Tensor]:
@@ -42,6 +47,7 @@ def load_state_dict(path: Path) -> dict[str, Tensor]:
     """
     path = Path(path)
     if path.suffix == ".safetensors":
+        _check_header_size(path)
         try:
             from safetensors.torch import load_file
             return load_file(str(path), device="cpu")
@@ -50,6 +56,22 @@ def load_state_dict(path: Path) -> dict[str, Tensor]:
     if path.suffix in (".bin", ".pt", ".pth", ".ckpt"):
         return _load_pickle(path)
     raise CorruptWeightsError(f"{path}: unknown weight format {path.suffix!r} (expected .safetensors or .bin)")
+
+
+#: the largest safetensors header zoo parses: about 300,000 tensors' worth (the real checkpoints zoo serves need
+#: under 1 MiB); a larger one is damage or a trap, refused before it is read.
+MAX_HEADER_BYTES = 32 << 20
+
+
+def _check_header_size(path: Path) -> None:
+    """A safetensors file starts with the byte length of its JSON header (little-endian u64)."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    size = int.from_bytes(head, "little") if len(head) == 8 else -1
+    if size < 2 or size > MAX_HEADER_BYTES or size + 8 > path.stat().st_size:
+        raise CorruptWeightsError(f"{path} is truncated or damaged: its header claims {size:,} bytes "
+                                  f"(file: {path.stat().st_size:,}; zoo reads headers up to {MAX_HEADER_BYTES:,}); "
+                                  f"delete it and download again")
 
 
 def _damaged(path: Path, exc: BaseException) -> CorruptWeightsError:
@@ -211,11 +233,29 @@ def check_state_dict(expected: Mapping[str, tuple[int, ...]], state_dict: Mappin
             ". Is the file for a different model or config? Check the entry's config against the repo's.")
 
 
+def _kind(dtype: torch.dtype) -> str:
+    return "bool" if dtype == torch.bool else "complex" if dtype.is_complex else \
+        "float" if dtype.is_floating_point else "integer"
+
+
+def check_dtype_kinds(expected: Mapping[str, torch.dtype], state_dict: Mapping[str, Tensor], *,
+                      source: str = "checkpoint") -> None:
+    """Refuse tensors whose kind (float, integer, bool, complex) differs from the model's: a float16 file into a
+    float32 model is a cast zoo makes, an int32 tensor where a float weight goes (a relabelled header) is damage,
+    and casting it would load weights of 1e9 silently."""
+    wrong = [f"{k}: checkpoint has {state_dict[k].dtype}, model expects {expected[k]}" for k in expected
+             if k in state_dict and _kind(state_dict[k].dtype) != _kind(expected[k])]
+    if wrong:
+        raise WeightsMismatchError(f"{source} holds tensors of the wrong kind ({len(wrong)}): {_listing(wrong, '; ')}. "
+                                   f"The file is damaged or not this model's; download it again.")
+
+
 def load_into(model: nn.Module, state_dict: Mapping[str, Tensor], *, source: str = "checkpoint",
               ignore: Iterable[str] = ()) -> nn.Module:
     """Strictly load ``state_dict`` into ``model`` (after conversion), casting to the model's dtypes."""
     own = model.state_dict()
     check_state_dict({k: tuple(v.shape) for k, v in own.items()}, state_dict, source=source, ignore=ignore)
+    check_dtype_kinds({k: v.dtype for k, v in own.items()}, state_dict, source=source)
     # A model built on the meta device gets the checkpoint's tensors assigned, not copied, and would take their
     # dtype (a float16 file into a float32 model); cast first so the model keeps its own dtypes either way.
     assign = any(v.is_meta for v in own.values())

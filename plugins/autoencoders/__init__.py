@@ -12,15 +12,22 @@
     codes = vq.quantize(h)                             # (N, H/4, W/4) int64 into the 8192-entry codebook
     x = vq.decode(h)                                   # quantises, then decodes, as LDMPipeline does
 
+    vq = zoo.create("vqvae-digits")                    # zoo's own VQ-VAE on 16x16 digits, shipped: works offline
+
 Both networks share one encoder/decoder implementation (``blocks.py``) whose parameter names are diffusers', so
 the Hub files load as they are, the legacy attention names of pre-0.14 uploads converted by a rename table.
 ``zoo reconstruct NAME IMAGE...`` (``commands.py``) writes inputs beside their reconstructions for any
-autoencoder.
+autoencoder. ``vqvae-digits`` is trained by zoo (``train_vq.py``: the VQ-VAE objective, an EMA codebook, restarts of
+dead codes) and retrained by ``zoo train vqvae-digits``.
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from zoo.registry import ModelEntry, hookimpl
 
+from . import train_vq
 from .commands import RECONSTRUCT
 from .kl import build_kl, kl_component
 from .vq import build_vq, vq_component
@@ -57,6 +64,17 @@ LDM_VQ_F4 = {"act_fn": "silu", "block_out_channels": [128, 256, 512], "down_bloc
              "in_channels": 3, "latent_channels": 3, "layers_per_block": 2, "num_vq_embeddings": 8192,
              "out_channels": 3, "sample_size": 256, "up_block_types": [_UP] * 3}
 
+VQVAE_PAPER = ("van den Oord, Vinyals & Kavukcuoglu 2017, Neural Discrete Representation Learning, arXiv:1711.00937; "
+               "EMA codebook: Razavi et al. 2019, arXiv:1906.00446; code restarts: Dhariwal et al. 2020, "
+               "arXiv:2005.00341")
+#: zoo's own VQ-VAE (train_vq.py), shipped in the package: config.json and diffusion_pytorch_model.safetensors.
+VQ_DIGITS_DIR = Path(__file__).parent / "weights" / "vqvae-digits"
+#: the shipped weights on the 360 held-out digits (train_vq.evaluate); tests/test_vqvae_digits.py checks them.
+VQ_DIGITS_HELD_OUT = {"mse": 0.001211, "psnr": 29.167, "perplexity": 118.41, "used": 128}
+VQ_DIGITS_RESULT = (f"held-out digits: MSE {VQ_DIGITS_HELD_OUT['mse']:.4f} (PSNR {VQ_DIGITS_HELD_OUT['psnr']:.1f} dB), "
+                    f"codebook perplexity {VQ_DIGITS_HELD_OUT['perplexity']:.1f}, {VQ_DIGITS_HELD_OUT['used']} of 128 "
+                    f"codes used (tests/test_vqvae_digits.py)")
+
 _SD_VAE_CARD = "COCO 2017 val, 256x256, 5000 images (stabilityai/sd-vae-ft-* model card)"
 
 ENTRIES = (
@@ -91,6 +109,14 @@ ENTRIES = (
         description="The VQ-f4 first stage of LDM's CelebA-HQ 256 model (the vqvae/ folder of "
                     "CompVis/ldm-celebahq-256): 3-dimensional latents at 1/4 resolution, 8192 codes; encode gives "
                     "the unquantised latents the LDM U-Net denoises, decode quantises them."),
+    ModelEntry(
+        name="vqvae-digits", family="vq-vae", interface="autoencoder", build=build_vq,
+        components=(vq_component(json.loads((VQ_DIGITS_DIR / "config.json").read_text()), subfolder=""),),
+        local_dir=VQ_DIGITS_DIR, train=train_vq.train, paper=VQVAE_PAPER, result=VQ_DIGITS_RESULT,
+        license="BSD-3-Clause (data: scikit-learn digits); weights: Apache-2.0",
+        description="A small VQ-VAE trained by zoo on scikit-learn's handwritten digits (16x16 greyscale; photos "
+                    "enter as their luma), shipped in the package: a 4x4 grid of 128 codes per digit, EMA codebook "
+                    "and dead-code restarts. Retrain with `zoo train vqvae-digits`."),
 )
 
 

@@ -15,6 +15,7 @@ import torch
 import zoo
 from zoo.cli import add_model_options, create_from_args, image_files
 from zoo.errors import ZooError
+from zoo.image import check_image_output, save_grid
 from zoo.registry import Command
 
 from .common import psnr
@@ -58,6 +59,7 @@ def run(args: argparse.Namespace) -> None:
     if interface != "autoencoder":
         raise ZooError(f"{args.name!r} cannot reconstruct: it is a {interface} model (see `zoo list --interface "
                        f"autoencoder`)")
+    check_image_output(args.output)  # before the model loads: a bad -o must not cost an encode and a decode
     model = create_from_args(args)
     encode_opts: dict = {}
     if args.sample:
@@ -74,11 +76,9 @@ def run(args: argparse.Namespace) -> None:
     seconds = time.perf_counter() - start
     inputs = ((x.float().cpu() + 1) / 2).clamp(0, 1)
 
-    from zoo.image import save_grid
-
     pairs = torch.stack([inputs, recon], dim=1).flatten(0, 1)  # in0, rec0, in1, rec1, ...
     save_grid(pairs, args.output, nrow=2, scale=1)
-    for path, value in zip(args.images, psnr(inputs, recon).tolist()):
+    for path, value in zip(images, psnr(inputs, recon).tolist()):
         print(f"{path}: PSNR {value:.2f} dB")
     print(f"wrote {args.output}: {len(images)} image(s) at {x.shape[-2]}x{x.shape[-1]} through {args.name} "
           f"in {seconds:.1f} s (input left, reconstruction right)")

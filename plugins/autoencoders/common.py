@@ -18,6 +18,7 @@ from torch import Tensor
 
 from zoo.preprocess import load_images
 from zoo.registry import Autoencoder
+from zoo.registry.errors import ConfigError, InvalidInputError
 from zoo.registry.tensors import check_image_batch
 
 #: the block types diffusers' VAE Encoder and Decoder are built from; the only ones implemented.
@@ -42,20 +43,20 @@ def check_blocks(what: str, config: Any, activations: tuple[str, ...]) -> None:
     """Refuse what the shared Encoder/Decoder do not build, naming the field (instead of building it wrong)."""
     n = len(config.block_out_channels)
     if len(config.down_block_types) != n or len(config.up_block_types) != n:
-        raise ValueError(f"{what} config: block_out_channels ({n}), down_block_types ({len(config.down_block_types)}) "
+        raise ConfigError(f"{what} config: block_out_channels ({n}), down_block_types ({len(config.down_block_types)}) "
                          f"and up_block_types ({len(config.up_block_types)}) must have the same length")
     for field, types, wanted in (("down_block_types", config.down_block_types, DOWN_BLOCK),
                                  ("up_block_types", config.up_block_types, UP_BLOCK)):
         odd = [t for t in types if t != wanted]
         if odd:
-            raise ValueError(f"{what} config: {field} {odd[0]!r} is not supported by zoo's autoencoders "
+            raise ConfigError(f"{what} config: {field} {odd[0]!r} is not supported by zoo's autoencoders "
                              f"(supported: {wanted!r})")
     if config.act_fn.lower() not in activations:
-        raise ValueError(f"{what} config: act_fn={config.act_fn!r} is not supported "
+        raise ConfigError(f"{what} config: act_fn={config.act_fn!r} is not supported "
                          f"(supported: {', '.join(activations)})")
     bad = [c for c in config.block_out_channels if c % config.norm_num_groups]
     if bad:
-        raise ValueError(f"{what} config: block_out_channels {bad} are not multiples of norm_num_groups "
+        raise ConfigError(f"{what} config: block_out_channels {bad} are not multiples of norm_num_groups "
                          f"({config.norm_num_groups})")
 
 
@@ -82,7 +83,7 @@ class ImageAutoencoder(Autoencoder):
             size = (h // self.downscale * self.downscale, w // self.downscale * self.downscale)
         size = (size, size) if isinstance(size, int) else tuple(size)
         if min(size) < self.downscale or size[0] % self.downscale or size[1] % self.downscale:
-            raise ValueError(f"{self.name or type(self).__name__}: image size {size[0]}x{size[1]} must be a positive "
+            raise InvalidInputError(f"{self.name or type(self).__name__}: image size {size[0]}x{size[1]} must be a positive "
                              f"multiple of {self.downscale} (the latent grid is {self.downscale}x smaller)")
         batch = torch.stack([_resized(item, size) for item in items])
         return (batch * 2 - 1).to(device=self.device, dtype=self.dtype)
@@ -112,7 +113,7 @@ class ImageAutoencoder(Autoencoder):
     def _check_grid(x: Tensor, multiple: int, what: str) -> None:
         h, w = x.shape[-2:]
         if h % multiple or w % multiple:
-            raise ValueError(f"{what} is {h}x{w} pixels; both sides must be multiples of {multiple} (resize, crop or "
+            raise InvalidInputError(f"{what} is {h}x{w} pixels; both sides must be multiples of {multiple} (resize, crop or "
                              f"pass the images through .preprocess, which does)")
 
     @torch.inference_mode()

@@ -42,7 +42,8 @@ import torch
 from torch import Tensor, nn
 
 from zoo.loader import load_component, read_component_config
-from zoo.registry import DIFFUSERS_WEIGHTS, Component, ModelEntry
+from zoo.registry import DIFFUSERS_WEIGHTS, Component, ModelEntry, bound, check_fields
+from zoo.registry.errors import ConfigError, InvalidInputError
 
 from .blocks import ACTIVATIONS, LEGACY_ATTENTION_RENAMES, Decoder, Encoder, flatten_conv_attention
 from .common import ImageAutoencoder, check_blocks, config_dict, config_kwargs
@@ -57,18 +58,18 @@ class KLConfig:
     """The fields of a diffusers ``AutoencoderKL`` ``config.json``; defaults are diffusers' own, which is what a
     key missing from an old config (sd-vae-ft-*: no ``force_upcast``, no ``use_quant_conv``) means."""
 
-    in_channels: int = 3
-    out_channels: int = 3
+    in_channels: int = bound(3, 1, 1024)
+    out_channels: int = bound(3, 1, 1024)
     down_block_types: tuple[str, ...] = ("DownEncoderBlock2D",)
     up_block_types: tuple[str, ...] = ("UpDecoderBlock2D",)
-    block_out_channels: tuple[int, ...] = (64,)
-    layers_per_block: int = 1
+    block_out_channels: tuple[int, ...] = bound((64,), 1, 16384)
+    layers_per_block: int = bound(1, 1, 16)
     act_fn: str = "silu"
-    latent_channels: int = 4
-    norm_num_groups: int = 32
-    sample_size: int | tuple[int, ...] = 32
-    scaling_factor: float = 0.18215
-    shift_factor: float | None = None
+    latent_channels: int = bound(4, 1, 1024)
+    norm_num_groups: int = bound(32, 1, 1024)
+    sample_size: int | tuple[int, ...] = bound(32, 1, 16384)
+    scaling_factor: float = bound(0.18215, 1e-6, 1e6)
+    shift_factor: float | None = bound(None, -1e6, 1e6)
     latents_mean: tuple[float, ...] | None = None
     latents_std: tuple[float, ...] | None = None
     #: run in float32 when float16 is asked for (diffusers' pipelines upcast such VAEs before decoding).
@@ -89,9 +90,10 @@ class KLConfig:
         return config_dict(self, "AutoencoderKL")
 
     def validate(self) -> None:
+        check_fields(self, "AutoencoderKL config")
         check_blocks("AutoencoderKL", self, ACTIVATIONS)
         if self.latents_mean is not None or self.latents_std is not None:
-            raise ValueError("AutoencoderKL config: latents_mean/latents_std (per-channel latent normalisation) are "
+            raise ConfigError("AutoencoderKL config: latents_mean/latents_std (per-channel latent normalisation) are "
                              "not supported: zoo's Autoencoder contract normalises with one scale and shift")
 
     @property
@@ -188,7 +190,7 @@ class AutoencoderKL(ImageAutoencoder):
         overlapping tiles whose seams are cross-faded over ``overlap`` of a tile (``tiling.py``)."""
         self.tile_size = self._checked_tile(self.default_tile_size if tile_size is None else tile_size)
         if not 0 <= overlap < 1:
-            raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+            raise InvalidInputError(f"overlap must be in [0, 1), got {overlap}")
         self.tile_overlap = float(overlap)
 
     def disable_tiling(self) -> None:
@@ -196,7 +198,7 @@ class AutoencoderKL(ImageAutoencoder):
 
     def _checked_tile(self, size: int) -> int:
         if isinstance(size, bool) or int(size) != size or size < self.downscale or size % self.downscale:
-            raise ValueError(f"tile size must be a positive multiple of {self.downscale} pixels, got {size!r}")
+            raise InvalidInputError(f"tile size must be a positive multiple of {self.downscale} pixels, got {size!r}")
         return int(size)
 
     def _tile(self, tile: bool | int | None) -> int | None:
@@ -235,7 +237,7 @@ class AutoencoderKL(ImageAutoencoder):
         denoiser: ``(z - shift) * scale`` with ``z`` the posterior mean, or a draw from it when ``sample`` (with
         ``generator`` for reproducible draws)."""
         if generator is not None and not sample:
-            raise ValueError("encode(generator=...) draws nothing without sample=True (the default returns the "
+            raise InvalidInputError("encode(generator=...) draws nothing without sample=True (the default returns the "
                              "posterior mean)")
         post = self.posterior(x, tile=tile)
         z = post.sample(generator) if sample else post.mean

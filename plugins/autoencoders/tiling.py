@@ -29,6 +29,7 @@ from typing import Callable
 
 import torch
 from torch import Tensor
+from zoo.registry.errors import InvalidInputError
 
 
 def blend(previous: Tensor, tile: Tensor, extent: int, dim: int) -> Tensor:
@@ -68,7 +69,7 @@ def tiled(fn: Callable[[Tensor], Tensor], x: Tensor, *, tile_in: int, tile_out: 
     extent = int(tile_out * overlap)
     keep = tile_out - extent
     if stride < 1 or keep < 1:
-        raise ValueError(f"tile of {tile_in} with overlap {overlap}: the tiles would not advance (stride {stride})")
+        raise InvalidInputError(f"tile of {tile_in} with overlap {overlap}: the tiles would not advance (stride {stride})")
     height, width = x.shape[-2:]
     rows: list[Tensor] = []
     above: list[Tensor] = []  # the previous row's blended tiles, whole: the next row blends with their bottoms

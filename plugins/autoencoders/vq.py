@@ -31,7 +31,8 @@ import torch
 from torch import Tensor, nn
 
 from zoo.loader import load_component
-from zoo.registry import DIFFUSERS_WEIGHTS, Component, ModelEntry
+from zoo.registry import DIFFUSERS_WEIGHTS, Component, ModelEntry, bound, check_fields
+from zoo.registry.errors import InvalidInputError, UnsupportedError
 
 from .blocks import ACTIVATIONS, LEGACY_ATTENTION_RENAMES, Decoder, Encoder, flatten_conv_attention
 from .common import ImageAutoencoder, check_blocks, config_dict, config_kwargs, entropy_perplexity
@@ -39,6 +40,8 @@ from .common import ImageAutoencoder, check_blocks, config_dict, config_kwargs, 
 #: at most this many distances are held at once while quantising (64 MiB of float32): a 256x256 VQ-f4 image has
 #: 4096 positions x 8192 codes = 33.5M distances.
 DISTANCE_CHUNK = 1 << 24
+#: RGB -> grey for one-channel models: ITU-R BT.601 luma, the weights PIL's ``convert("L")`` uses.
+LUMA = torch.tensor([0.299, 0.587, 0.114])
 
 
 @dataclass
@@ -50,19 +53,19 @@ class VQConfig:
     offers as :meth:`VQModel.decode_codes` instead. ``norm_type="spatial"`` (MoVQ, Kandinsky's decoder) is not built.
     """
 
-    in_channels: int = 3
-    out_channels: int = 3
+    in_channels: int = bound(3, 1, 1024)
+    out_channels: int = bound(3, 1, 1024)
     down_block_types: tuple[str, ...] = ("DownEncoderBlock2D",)
     up_block_types: tuple[str, ...] = ("UpDecoderBlock2D",)
-    block_out_channels: tuple[int, ...] = (64,)
-    layers_per_block: int = 1
+    block_out_channels: tuple[int, ...] = bound((64,), 1, 16384)
+    layers_per_block: int = bound(1, 1, 16)
     act_fn: str = "silu"
-    latent_channels: int = 3
-    sample_size: int | tuple[int, ...] = 32
-    num_vq_embeddings: int = 256
-    norm_num_groups: int = 32
-    vq_embed_dim: int | None = None
-    scaling_factor: float = 0.18215
+    latent_channels: int = bound(3, 1, 1024)
+    sample_size: int | tuple[int, ...] = bound(32, 1, 16384)
+    num_vq_embeddings: int = bound(256, 1, 1 << 20)
+    norm_num_groups: int = bound(32, 1, 1024)
+    vq_embed_dim: int | None = bound(None, 1, 4096)
+    scaling_factor: float = bound(0.18215, 1e-6, 1e6)
     norm_type: str = "group"
     mid_block_add_attention: bool = True
     lookup_from_codebook: bool = False
@@ -79,10 +82,11 @@ class VQConfig:
         return config_dict(self, "VQModel")
 
     def validate(self) -> None:
+        check_fields(self, "VQModel config")
         check_blocks("VQModel", self, ACTIVATIONS)
         if self.norm_type != "group":
-            raise ValueError(f"VQModel config: norm_type={self.norm_type!r} is not supported (supported: 'group'; "
-                             f"'spatial' is MoVQ's spatially conditioned decoder)")
+            raise UnsupportedError(f"VQModel config: norm_type={self.norm_type!r} is not supported (supported: "
+                                   f"'group'; 'spatial' is MoVQ's spatially conditioned decoder)")
 
     @property
     def embed_dim(self) -> int:
@@ -110,7 +114,7 @@ class VectorQuantizer(nn.Module):
         at most :data:`DISTANCE_CHUNK` distances exist at once. Ties go to the lowest index.
         """
         if z.ndim != 4 or z.shape[1] != self.dim:
-            raise ValueError(f"quantize expects latents (N, {self.dim}, h, w), as encode returns; got {tuple(z.shape)}")
+            raise InvalidInputError(f"quantize expects latents (N, {self.dim}, h, w), as encode returns; got {tuple(z.shape)}")
         n, d, h, w = z.shape
         dtype = torch.promote_types(z.dtype, torch.float32)
         with torch.no_grad():  # indices have no gradient; do not keep the distance matrices for autograd
@@ -125,11 +129,11 @@ class VectorQuantizer(nn.Module):
     def lookup(self, codes: Tensor) -> Tensor:
         """``(N, h, w)`` int64 codes -> ``(N, D, h, w)`` codebook vectors (diffusers' ``get_codebook_entry``)."""
         if codes.ndim != 3 or codes.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"codes must be an (N, h, w) integer tensor, as quantize returns; got "
+            raise InvalidInputError(f"codes must be an (N, h, w) integer tensor, as quantize returns; got "
                              f"{codes.dtype} of shape {tuple(codes.shape)} (diffusers' flat indices: reshape them to "
                              f"(N, h, w))")
         if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.num_embeddings):
-            raise ValueError(f"codes must be in [0, {self.num_embeddings}), got [{int(codes.min())}, "
+            raise InvalidInputError(f"codes must be in [0, {self.num_embeddings}), got [{int(codes.min())}, "
                              f"{int(codes.max())}]")
         return self.embedding(codes.to(self.embedding.weight.device)).permute(0, 3, 1, 2).contiguous()
 
@@ -188,6 +192,15 @@ class VQModel(ImageAutoencoder):
     @property
     def num_codes(self) -> int:
         return self.quantize.num_embeddings
+
+    def preprocess(self, images: Any, size: int | tuple[int, int] | None = None) -> Tensor:
+        """As :meth:`ImageAutoencoder.preprocess`, ``(N, 3, H, W)`` in ``[-1, 1]``; a one-channel model
+        (``vqvae-digits``) gets ``(N, 1, H, W)``: the luma of those RGB images, ITU-R BT.601 weights (PIL's ``"L"``),
+        so a colour photo enters as its grey image (not inverted: the digits are light strokes on black)."""
+        x = super().preprocess(images, size)
+        if self.in_channels == 1:  # the weights sum to 1, so applying them in [-1, 1] is the same as in [0, 1]
+            x = (x * LUMA.to(x)[:, None, None]).sum(1, keepdim=True)
+        return x
 
     def encode(self, x: Tensor) -> Tensor:
         """``(N, 3, H, W)`` preprocessed images in ``[-1, 1]`` -> ``h (N, D, H/4, W/4)`` after quant_conv, not

@@ -16,6 +16,8 @@ classification) and loading from either published layout through ``zoo.loader``:
 """
 from __future__ import annotations
 
+import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, Sequence
 
@@ -26,6 +28,7 @@ from zoo.errors import WeightsMismatchError
 from zoo.loader import load_component, read_component_config
 from zoo.preprocess import ImagePreprocess, ProcessorDefaults
 from zoo.registry import Classifier, Component, ModelEntry
+from zoo.registry.errors import ArgumentTypeError, InvalidInputError
 from zoo.weights import read_json
 
 Features = Literal["pooled", "tokens", "stages"]
@@ -70,11 +73,11 @@ class ImageClassifier(Classifier):
         x = self.model_input(x)
         if features == "stages":
             if not self.hierarchical:
-                raise ValueError(f"{self.name or 'this model'} has no feature pyramid (a plain ViT keeps one "
+                raise InvalidInputError(f"{self.name or 'this model'} has no feature pyramid (a plain ViT keeps one "
                                  "resolution); use features='tokens' and reshape the patch tokens")
             return self.model.forward_intermediates(x, intermediates_only=True)
         if features not in ("pooled", "tokens"):
-            raise ValueError(f"features must be 'pooled', 'tokens' or 'stages', got {features!r}")
+            raise InvalidInputError(f"features must be 'pooled', 'tokens' or 'stages', got {features!r}")
         tokens = self.model.forward_features(x)
         if features == "pooled":
             return self.model.forward_head(tokens, pre_logits=True)
@@ -82,6 +85,84 @@ class ImageClassifier(Classifier):
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, image_size={self.image_size}, classes={len(self.labels)}"
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write this classifier in timm's Hub layout with a model card (``zoo.save_pretrained``)."""
+        from zoo.save import save_pretrained
+
+        return save_pretrained(self, folder)
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
+        """``save_pretrained`` into a temporary folder, uploaded to ``repo_id`` (``zoo.push_to_hub``)."""
+        from zoo.save import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
+
+    #: the timm ``config.json`` this model was loaded from (timm-format repos; None for transformers-format ones)
+    timm_config: dict[str, Any] | None = None
+
+    def pretrained_config(self, component: str) -> dict[str, Any]:
+        """The ``config.json`` ``zoo.save_pretrained`` writes for the ``model`` component: timm's own layout
+        (architecture, num_classes, global_pool, model_args, pretrained_cfg), as the model is now (a new head or
+        img_size included), so ``timm.create_model(architecture, pretrained=True, ...)`` reads the saved folder."""
+        from zoo.errors import ZooError
+
+        if component != "model" or self.timm_config is None:
+            raise ZooError(f"{self.name or 'this classifier'} was loaded from a transformers-format repo; zoo saves "
+                           f"timm-format classifiers only (for now)")
+        config = {k: v for k, v in self.timm_config.items() if k not in ("label_names", "label_descriptions")}
+        config.update(num_classes=self.model.num_classes, num_features=self.model.num_features,
+                      global_pool=self.model.global_pool)
+        if len(self.labels) == self.model.num_classes and self.labels[:1] != ["LABEL_0"]:
+            config["label_names"] = list(self.labels)
+        return config
+
+
+class ImageFeatures(ImageClassifier):
+    """``features_only=True``: timm's feature extractor over the loaded backbone (the module
+    ``timm.create_model(..., features_only=True, out_indices=...)`` builds, with the checkpoint's weights).
+
+    Calling it on a preprocessed batch returns the maps of ``out_indices`` in timm's order and layout (a list
+    of ``(N, C_i, H_i, W_i)``); :attr:`feature_info` is timm's (``channels()``, ``reduction()``,
+    ``module_name()``). There is no head, so no labels and no ``classify``.
+    """
+
+    def __init__(self, features: nn.Module, preprocessing: ImagePreprocess, *, name: str = ""):
+        super().__init__(features, preprocessing, [], name=name)
+        self.feature_info = features.feature_info
+
+    def forward(self, x: Tensor) -> list[Tensor]:  # type: ignore[override]
+        return self.model(self.model_input(x))
+
+    def encode(self, x: Tensor, features: Features = "stages") -> list[Tensor]:  # type: ignore[override]
+        return self(x)
+
+    def classify(self, images: Any, top_k: int = 5):  # type: ignore[override]
+        raise InvalidInputError(f"{self.name or 'this model'} was built with features_only=True: it has no "
+                                f"classification head (call it for the feature maps)")
+
+
+def timm_features(model: nn.Module, spec: Mapping[str, Any], out_indices: Sequence[int] | int | None) -> nn.Module:
+    """timm's ``features_only`` module for ``spec``'s architecture, holding ``model``'s (loaded) weights.
+
+    timm builds it (``features_only=True, out_indices=...``, on the meta device); its parameters are the full
+    model's under flattened names (``layers_0.blocks...`` for ``layers.0.blocks...``, ``model.`` in front for
+    getter-style wrappers), matched by name and loaded strictly."""
+    import timm
+
+    from zoo.loader import fill
+
+    kwargs = {"out_indices": tuple(out_indices) if isinstance(out_indices, (list, tuple)) else out_indices} \
+        if out_indices is not None else {}
+    with torch.device("meta"):
+        features = timm.create_model(spec["architecture"], pretrained=False, features_only=True, **kwargs,
+                                     **spec["model_args"])
+    norm = lambda key: key.removeprefix("model.").replace("_", ".")  # noqa: E731
+    full = {norm(k): v for k, v in model.state_dict().items()}
+    state = {k: full[norm(k)] for k in features.state_dict() if norm(k) in full}
+    weight = next(model.parameters())
+    fill(features, state, source=f"{spec['architecture']} features_only")
+    return features.to(device=weight.device, dtype=weight.dtype).eval()
 
 
 def class_names(num_classes: int, config: Mapping[str, Any] | None = None) -> list[str]:
@@ -137,28 +218,107 @@ def timm_component(architecture: str, *, num_classes: int = 1000, global_pool: s
     return Component(name="model", build=build_timm_module, read_config=read_timm_config, config=spec)
 
 
+def timm_checkpoint_filter(spec: Mapping[str, Any]) -> Callable[[dict], dict]:
+    """The conversion ``timm.create_model(..., pretrained=True)`` applies to a checkpoint for a module built with
+    other arguments than it was trained at (``img_size``): the architecture module's own ``checkpoint_filter_fn``
+    (ViT: the absolute position table resampled with ``resample_abs_pos_embed``, bicubic and antialiased; Swin: the
+    relative position tables resized with ``resize_rel_pos_bias_table``), run against the module to be filled."""
+    def convert(state_dict: dict) -> dict:
+        with torch.device("meta"):
+            target = build_timm_module(spec)
+        filter_fn = getattr(sys.modules[type(target).__module__], "checkpoint_filter_fn", None)
+        if filter_fn is None:
+            raise InvalidInputError(f"timm has no checkpoint filter for {spec['architecture']}, so its weights cannot "
+                                    f"be adapted to img_size={spec['model_args'].get('img_size')}")
+        return filter_fn(state_dict, target)
+    return convert
+
+
+def with_head(classifier: ImageClassifier, num_classes: int | None = None,
+              global_pool: str | None = None) -> ImageClassifier:
+    """timm's ``num_classes=`` / ``global_pool=`` on a loaded classifier: ``model.reset_classifier`` (a fresh,
+    randomly initialised head of ``num_classes`` outputs over the ``global_pool`` pooling; ``num_classes=0``:
+    no head, so calling the model gives the pooled features ``(N, D)``). The backbone keeps its weights; the
+    labels become ``LABEL_i`` unless the class count is unchanged. (For ViT, ``timm.create_model(...,
+    global_pool="avg")`` differs: it builds a fresh ``fc_norm`` and drops the trained final norm; zoo keeps the
+    trained weights, as timm's ``reset_classifier`` does.)"""
+    model = classifier.model
+    if num_classes is None and global_pool is None:
+        return classifier
+    if num_classes is not None and (not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 0):
+        raise InvalidInputError(f"num_classes must be a whole number >= 0 (0: no head, pooled features), got "
+                                f"{num_classes!r}")
+    old = model.num_classes
+    n = old if num_classes is None else num_classes
+    weight = next(model.parameters())
+    try:
+        model.reset_classifier(n, global_pool) if global_pool is not None else model.reset_classifier(n)
+    except (AssertionError, ValueError, NotImplementedError) as exc:
+        raise InvalidInputError(f"global_pool={global_pool!r} is not one {type(model).__name__} takes ({exc})") from None
+    model.to(device=weight.device, dtype=weight.dtype).eval()
+    if n != old:
+        classifier.labels = [f"LABEL_{i}" for i in range(n)]
+    return classifier
+
+
 def build_timm_classifier(entry: ModelEntry, files: Path | None, *, device: torch.device, dtype: torch.dtype,
-                          expect: type[nn.Module], hierarchical: bool = False) -> ImageClassifier:
+                          expect: type[nn.Module], hierarchical: bool = False, num_classes: int | None = None,
+                          global_pool: str | None = None, img_size: int | tuple[int, int] | None = None,
+                          features_only: bool = False,
+                          out_indices: Sequence[int] | int | None = None) -> ImageClassifier:
     """Any timm-format classification repo -> :class:`ImageClassifier`.
 
     The repo's ``config.json`` must name the entry's architecture (a vit_small file given to ``vit-b16`` is
     refused with the entry to use instead). Without files the entry's own copies of the architecture and the
     preprocessing (``entry.preprocessing``, timm's ``pretrained_cfg``) are used.
+
+    timm's options, as ``timm.create_model(..., pretrained=True, **options)`` takes them: ``num_classes`` and
+    ``global_pool`` (:func:`with_head`), ``img_size`` (the module is built at that size and the checkpoint
+    adapted by :func:`timm_checkpoint_filter`; the preprocessing then ends at ``img_size``), ``features_only``
+    with ``out_indices`` (an :class:`ImageFeatures`: timm's feature extractor, :func:`timm_features`).
     """
     component = entry.component("model")
     spec = read_component_config(component, files)
+    if spec["architecture"] is None:  # not "a None checkpoint": say what is missing
+        import zoo
+
+        others = [n for n in zoo.list_models(family=entry.family) if zoo.get_entry(n).build is not entry.build]
+        raise WeightsMismatchError(
+            f"{files}/config.json names no timm architecture (it has no \"architecture\" key), so it is not a "
+            f"timm-format repo, which {entry.name!r} loads" + (f"; a transformers-format folder loads with "
+                                                                f"{', '.join(others)}" if others else ""))
     if spec["architecture"] != component.config["architecture"]:
         raise WeightsMismatchError(
             f"{files}/config.json is a {spec['architecture']!r} checkpoint, but {entry.name!r} is "
             f"{component.config['architecture']!r}: pick the entry of that architecture "
             f"(zoo.list_models(family={entry.family!r})).")
+    if img_size is not None:
+        size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size):
+            raise InvalidInputError(f"img_size must be a positive int or (height, width), got {img_size!r}")
+        spec = {**spec, "model_args": {**spec["model_args"], "img_size": size}}
+        if files is not None:
+            component = replace(component, convert=timm_checkpoint_filter(spec))
     model = load_component(component, files, device=device, dtype=dtype, config=spec)
     if not isinstance(model, expect):
-        raise TypeError(f"{spec['architecture']} builds a {type(model).__name__}, not the {expect.__name__} "
+        raise ArgumentTypeError(f"{spec['architecture']} builds a {type(model).__name__}, not the {expect.__name__} "
                         f"{entry.family} expects")
     config = read_json(files / "config.json") if files else {"pretrained_cfg": entry.preprocessing}
-    return ImageClassifier(model, ImagePreprocess.from_timm_config(config["pretrained_cfg"]),
-                           class_names(spec["num_classes"], config), hierarchical=hierarchical, name=entry.name)
+    pretrained_cfg = dict(config["pretrained_cfg"])
+    if img_size is not None:
+        pretrained_cfg["input_size"] = (3, *spec["model_args"]["img_size"])
+    classifier = ImageClassifier(model, ImagePreprocess.from_timm_config(pretrained_cfg),
+                                 class_names(spec["num_classes"], config), hierarchical=hierarchical, name=entry.name)
+    if features_only:
+        if num_classes is not None or global_pool is not None:
+            raise InvalidInputError("features_only=True builds no head: num_classes= and global_pool= do not apply")
+        return ImageFeatures(timm_features(model, spec, out_indices), classifier.preprocessing, name=entry.name)
+    if out_indices is not None:
+        raise InvalidInputError("out_indices= selects the feature maps of features_only=True; pass both")
+    classifier.timm_config = {"architecture": spec["architecture"], **({"model_args": spec["model_args"]}
+                                                                       if spec["model_args"] else {}),
+                              "pretrained_cfg": {**pretrained_cfg, "architecture": spec["architecture"]}}
+    return with_head(classifier, num_classes, global_pool)
 
 
 # -- transformers-format repos -----------------------------------------------------------------------------------

@@ -32,7 +32,9 @@ from torch import Tensor, nn
 
 from zoo.errors import WeightsMismatchError
 from zoo.registry import Component, ModelEntry, Renames
+from zoo.registry.errors import UnsupportedError
 from zoo.weights import fuse_qkv
+
 
 from .classifier import (HF_FILES, ImageClassifier, build_hf_classifier, build_timm_classifier, hf_component,
                          hf_num_classes, timm_component)
@@ -83,9 +85,9 @@ def convert_hf(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
 def timm_args_from_hf(config: dict[str, Any]) -> dict[str, Any]:
     """A transformers ``SwinConfig`` dict -> ``SwinTransformer`` keyword arguments (defaults as SwinConfig's)."""
     if config.get("hidden_act", "gelu") != "gelu":
-        raise NotImplementedError(f"hidden_act {config['hidden_act']!r}: only exact GELU ('gelu') is supported")
+        raise UnsupportedError(f"hidden_act {config['hidden_act']!r}: only exact GELU ('gelu') is supported")
     if config.get("use_absolute_embeddings", False):
-        raise NotImplementedError("use_absolute_embeddings=True (Swin with absolute position embeddings)")
+        raise UnsupportedError("use_absolute_embeddings=True (Swin with absolute position embeddings)")
     return dict(
         img_size=config.get("image_size", 224), patch_size=config.get("patch_size", 4),
         in_chans=config.get("num_channels", 3), embed_dim=config.get("embed_dim", 96),
@@ -115,13 +117,20 @@ def build_hf(entry: ModelEntry, files: Path | None, *, device: torch.device, dty
     return fused_attention(build_hf_classifier(entry, files, device=device, dtype=dtype, hierarchical=True))
 
 
-def build_timm(entry: ModelEntry, files: Path | None, *, device: torch.device,
-               dtype: torch.dtype) -> ImageClassifier:
-    """A timm-format Swin repo (``config.json`` with ``pretrained_cfg``, weights) -> classifier."""
+def build_timm(entry: ModelEntry, files: Path | None, *, device: torch.device, dtype: torch.dtype,
+               num_classes: int | None = None, global_pool: str | None = None,
+               img_size: int | tuple[int, int] | None = None, features_only: bool = False,
+               out_indices: tuple[int, ...] | int | None = None) -> ImageClassifier:
+    """A timm-format Swin repo (``config.json`` with ``pretrained_cfg``, weights) -> classifier, with timm's
+    options ``num_classes``, ``global_pool``, ``img_size``, ``features_only`` and ``out_indices`` as
+    ``timm.create_model`` takes them (see
+    ``classifier.build_timm_classifier``)."""
     from timm.models.swin_transformer import SwinTransformer
 
     return fused_attention(build_timm_classifier(entry, files, device=device, dtype=dtype, expect=SwinTransformer,
-                                                 hierarchical=True))
+                                                 hierarchical=True, num_classes=num_classes, global_pool=global_pool,
+                                                 img_size=img_size, features_only=features_only,
+                                                 out_indices=out_indices))
 
 
 def fused_attention(clf: ImageClassifier) -> ImageClassifier:

@@ -23,7 +23,9 @@ import torch
 from torch import nn
 
 from zoo.registry import Component, ModelEntry, Renames
+from zoo.registry.errors import UnsupportedError
 from zoo.weights import fuse_qkv
+
 
 from .classifier import (HF_FILES, ImageClassifier, build_hf_classifier, build_timm_classifier, hf_component,
                          hf_num_classes, timm_component)
@@ -52,10 +54,10 @@ HF_IGNORE = (r"vit\.pooler\..*",)
 def timm_args_from_hf(config: dict[str, Any]) -> dict[str, Any]:
     """A transformers ``ViTConfig`` dict -> ``VisionTransformer`` keyword arguments (defaults as ViTConfig's)."""
     if config.get("hidden_act", "gelu") != "gelu":
-        raise NotImplementedError(f"hidden_act {config['hidden_act']!r}: only exact GELU ('gelu') is supported")
+        raise UnsupportedError(f"hidden_act {config['hidden_act']!r}: only exact GELU ('gelu') is supported")
     dim, hidden = config.get("hidden_size", 768), config.get("intermediate_size", 3072)
     if int(dim * (hidden / dim)) != hidden:  # timm sizes the MLP as int(dim * mlp_ratio)
-        raise NotImplementedError(f"intermediate_size {hidden} cannot be expressed as timm's mlp_ratio * {dim}")
+        raise UnsupportedError(f"intermediate_size {hidden} cannot be expressed as timm's mlp_ratio * {dim}")
     return dict(
         img_size=config.get("image_size", 224), patch_size=config.get("patch_size", 16),
         in_chans=config.get("num_channels", 3), embed_dim=dim, depth=config.get("num_hidden_layers", 12),
@@ -85,12 +87,19 @@ def build_hf(entry: ModelEntry, files: Path | None, *, device: torch.device, dty
     return build_hf_classifier(entry, files, device=device, dtype=dtype)
 
 
-def build_timm(entry: ModelEntry, files: Path | None, *, device: torch.device,
-               dtype: torch.dtype) -> ImageClassifier:
-    """A timm-format ViT repo (``config.json`` with ``pretrained_cfg``, weights) -> classifier."""
+def build_timm(entry: ModelEntry, files: Path | None, *, device: torch.device, dtype: torch.dtype,
+               num_classes: int | None = None, global_pool: str | None = None,
+               img_size: int | tuple[int, int] | None = None, features_only: bool = False,
+               out_indices: tuple[int, ...] | int | None = None) -> ImageClassifier:
+    """A timm-format ViT repo (``config.json`` with ``pretrained_cfg``, weights) -> classifier, with timm's
+    options ``num_classes``, ``global_pool``, ``img_size``, ``features_only`` and ``out_indices`` as
+    ``timm.create_model`` takes them (see
+    ``classifier.build_timm_classifier``)."""
     from timm.models.vision_transformer import VisionTransformer
 
-    return build_timm_classifier(entry, files, device=device, dtype=dtype, expect=VisionTransformer)
+    return build_timm_classifier(entry, files, device=device, dtype=dtype, expect=VisionTransformer,
+                                 num_classes=num_classes, global_pool=global_pool, img_size=img_size,
+                                 features_only=features_only, out_indices=out_indices)
 
 
 # -- the entries: pretrained configs as data beside the model ---------------------------------------------------

@@ -25,6 +25,7 @@ import torch
 from zoo.loader import component_dir, load_component
 from zoo.preprocess import ImagePreprocess, ProcessorDefaults
 from zoo.registry import Component, ModelEntry, hookimpl
+from zoo.registry.errors import UnsupportedError
 from zoo.weights import read_json
 
 from . import clip as clip_arch
@@ -137,7 +138,7 @@ def open_clip_transform(pre: dict[str, Any], image_size: int) -> ImagePreprocess
     size = int(size[0] if isinstance(size, (list, tuple)) else size)
     mode = pre.get("resize_mode", "shortest")
     if mode not in ("shortest", "squash"):
-        raise NotImplementedError(f"open_clip resize_mode {mode!r} (zoo implements 'shortest' and 'squash')")
+        raise UnsupportedError(f"open_clip resize_mode {mode!r} (zoo implements 'shortest' and 'squash')")
     return ImagePreprocess(
         size=(size, size), resize=size if mode == "shortest" else (size, size),
         crop=(size, size) if mode == "shortest" else None,

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+from zoo.registry.errors import InvalidInputError
 
 SOT, EOT = "<|startoftext|>", "<|endoftext|>"
 _CONTRACTIONS = ("'s", "'t", "'re", "'ve", "'m", "'ll", "'d")  # tried in this order, as the regex alternation
@@ -134,7 +135,7 @@ class CLIPTokenizer:
         elif (root / "tokenizer.json").is_file():
             model = json.loads((root / "tokenizer.json").read_text(encoding="utf-8"))["model"]
             if model.get("type") != "BPE":
-                raise ValueError(f"{root / 'tokenizer.json'} holds a {model.get('type')} model, not CLIP's BPE")
+                raise InvalidInputError(f"{root / 'tokenizer.json'} holds a {model.get('type')} model, not CLIP's BPE")
             vocab = model["vocab"]
             # tokenizers writes merges as "a b" strings (<= 0.19) or as [a, b] pairs (>= 0.20)
             merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]

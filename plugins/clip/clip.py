@@ -24,7 +24,9 @@ from torch import Tensor, nn
 
 from zoo.errors import MissingFileError
 from zoo.registry import MODEL_WEIGHTS, Component, Encoder, TextEncoder, TextFeatures
+from zoo.registry.errors import ConfigError, InvalidInputError, UnsupportedError
 from zoo.weights import fuse_qkv
+from zoo.registry.config import bound, check_fields
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),  # OpenAI's weights were trained with this approximation
@@ -105,25 +107,33 @@ def _blocks(dim: int, layers: int, heads: int, mlp_dim: int, act: str, eps: floa
 class TowerConfig:
     """One Transformer tower (defaults: CLIP ViT-B/32's image tower)."""
 
-    width: int = 768
-    layers: int = 12
-    heads: int = 12
-    mlp_dim: int = 3072
+    width: int = bound(768, 1, 16384)
+    layers: int = bound(12, 1, 256)
+    heads: int = bound(12, 1, 512)
+    mlp_dim: int = bound(3072, 1, 131072)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "transformer tower config")
+        if self.width % self.heads:
+            raise ConfigError(f"transformer tower config: width {self.width} is not divisible by heads {self.heads}")
 
 
 @dataclass(frozen=True)
 class CLIPConfig:
     """Defaults: openai/clip-vit-base-patch32."""
 
-    embed_dim: int = 512
-    image_size: int = 224
-    patch_size: int = 32
+    embed_dim: int = bound(512, 1, 16384)
+    image_size: int = bound(224, 1, 4096)
+    patch_size: int = bound(32, 1, 1024)
     vision: TowerConfig = TowerConfig()
-    vocab_size: int = 49408
-    context_length: int = 77
+    vocab_size: int = bound(49408, 1, 10_000_000)
+    context_length: int = bound(77, 1, 65536)
     text: TowerConfig = TowerConfig(width=512, heads=8, mlp_dim=2048)
     act: str = "quick_gelu"
-    eps: float = 1e-5
+    eps: float = bound(1e-5, 1e-12, 1.0)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "CLIP config")
 
     @classmethod
     def from_transformers(cls, cfg: dict[str, Any]) -> CLIPConfig:
@@ -165,13 +175,13 @@ def _hf_tower(c: dict[str, Any], default: TowerConfig) -> TowerConfig:
 
 def _one_value(name: str, vision: Any, text: Any) -> Any:
     if vision != text:
-        raise NotImplementedError(f"the towers disagree on {name} ({vision!r} vs {text!r}); zoo's CLIP uses one")
+        raise UnsupportedError(f"the towers disagree on {name} ({vision!r} vs {text!r}); zoo's CLIP uses one")
     return vision
 
 
 def canonical_activation(name: str) -> str:
     if name not in ACTIVATION_ALIASES:
-        raise NotImplementedError(f"activation {name!r} is not supported (known: {sorted(ACTIVATION_ALIASES)})")
+        raise UnsupportedError(f"activation {name!r} is not supported (known: {sorted(ACTIVATION_ALIASES)})")
     return ACTIVATION_ALIASES[name]
 
 
@@ -179,7 +189,7 @@ def _square(size: int | Sequence[int]) -> int:
     if isinstance(size, int):
         return size
     if len(set(size)) != 1:
-        raise NotImplementedError(f"non-square image size {size} is not supported")
+        raise UnsupportedError(f"non-square image size {size} is not supported")
     return int(size[0])
 
 
@@ -204,7 +214,7 @@ def _refuse_unsupported(v: dict, t: dict, m: dict) -> None:
     odd += [f"{k}=true" for k in ("custom_text", "cast_dtype") if m.get(k)]
     odd += ["vision_cfg.layers (ResNet)"] if isinstance(v.get("layers"), (list, tuple)) else []
     if odd:
-        raise NotImplementedError("this open_clip config uses options zoo's CLIP does not implement: " + ", ".join(odd))
+        raise UnsupportedError("this open_clip config uses options zoo's CLIP does not implement: " + ", ".join(odd))
 
 
 # -- towers -----------------------------------------------------------------------------------------------------------
@@ -250,7 +260,7 @@ class TextTower(nn.Module):
                  eps: float, pool: str = "eot", proj_bias: bool = False) -> None:
         super().__init__()
         if pool not in ("eot", "last"):
-            raise ValueError(f"pool must be 'eot' or 'last', got {pool!r}")
+            raise InvalidInputError(f"pool must be 'eot' or 'last', got {pool!r}")
         self.pool = pool
         self.token_embed = nn.Embedding(vocab_size, tower.width)
         self.pos_embed = nn.Parameter(torch.randn(context_length, tower.width) * 0.01)
@@ -298,7 +308,7 @@ class TextTower(nn.Module):
 def _layer(layer: int, blocks: int) -> int:
     """A hidden-state number (0..blocks, or negative from the end) checked against a tower of ``blocks`` blocks."""
     if isinstance(layer, bool) or not isinstance(layer, int) or not -(blocks + 1) <= layer <= blocks:
-        raise ValueError(f"layer must be None or an int from {-(blocks + 1)} to {blocks} (0: the embeddings, i: the "
+        raise InvalidInputError(f"layer must be None or an int from {-(blocks + 1)} to {blocks} (0: the embeddings, i: the "
                          f"output of block i, -1: of the last; this text tower has {blocks} blocks), got {layer!r}")
     return layer
 
@@ -394,6 +404,12 @@ class ImageTextModel(Encoder, TextEncoder):
         """``(L, E)`` normalised label embeddings; with templates, the normalised mean over the filled-in
         templates of each label's normalised embeddings (CLIP paper, prompt ensembling)."""
         templates = list(templates or ["{}"])
+        odd = [t for t in templates if not isinstance(t, str) or t.count("{}") != 1 or t.replace("{}", "").count("{")]
+        if odd:
+            raise InvalidInputError(f"each template needs exactly one '{{}}' where the label goes (and no other braces), "
+                                    f"e.g. 'a photo of a {{}}.'; got {odd[0]!r}")
+        if any(not isinstance(label, str) or not label.strip() for label in labels):
+            raise InvalidInputError("labels must be non-empty strings")
         texts = [t.format(label) for label in labels for t in templates]
         emb = torch.cat([self.encode_text(texts[i:i + batch_size], normalize=True)
                          for i in range(0, len(texts), batch_size)])
@@ -409,7 +425,7 @@ class ImageTextModel(Encoder, TextEncoder):
         :meth:`classifier`); without them the labels are used as they are.
         """
         if isinstance(labels, str) or not labels:
-            raise ValueError("labels must be a non-empty list of strings, e.g. ['a cat', 'a dog']")
+            raise InvalidInputError("labels must be a non-empty list of strings, e.g. ['a cat', 'a dog']")
         classes = self.classifier(labels, templates)
         x = self.preprocess(images)
         image = torch.cat([self.encode_image(x[i:i + batch_size], normalize=True)
@@ -431,6 +447,7 @@ class CLIP(ImageTextModel):
         self.context_length = cfg.context_length
         self.visual = VisionTower(cfg)
         self.text = TextTower(cfg.vocab_size, cfg.context_length, cfg.text, cfg.embed_dim, act=cfg.act, eps=cfg.eps)
+        self.vocab_size = cfg.vocab_size
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # 0-dim; trained value ln(100)
         self.logit_bias = None
 

@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo.registry import MODEL_WEIGHTS, Component
+from zoo.registry.config import bound, check_fields
+from zoo.registry.errors import InvalidInputError, UnsupportedError
 from zoo.weights import fuse_qkv
 
 from .clip import (IGNORED, MLP, OPEN_CLIP_BLOCK, OPEN_CLIP_WEIGHTS, TRANSFORMERS_BLOCK, TRANSFORMERS_TEXT,
@@ -32,22 +34,25 @@ from .clip import (IGNORED, MLP, OPEN_CLIP_BLOCK, OPEN_CLIP_WEIGHTS, TRANSFORMER
 class SigLIPConfig:
     """Defaults: google/siglip-base-patch16-224."""
 
-    image_size: int = 224
-    patch_size: int = 16
+    image_size: int = bound(224, 1, 4096)
+    patch_size: int = bound(16, 1, 1024)
     vision: TowerConfig = TowerConfig()
-    vocab_size: int = 32000
-    context_length: int = 64
+    vocab_size: int = bound(32000, 1, 10_000_000)
+    context_length: int = bound(64, 1, 65536)
     text: TowerConfig = TowerConfig()
-    embed_dim: int = 768  # the text projection's output; the image embedding is the pooled vision width
+    embed_dim: int = bound(768, 1, 16384)  # the text projection's output; the image embedding is the pooled vision width
     act: str = "gelu_tanh"
-    eps: float = 1e-6
+    eps: float = bound(1e-6, 1e-12, 1.0)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "SigLIP config")
 
     @classmethod
     def from_transformers(cls, cfg: dict[str, Any]) -> SigLIPConfig:
         """From a transformers ``SiglipModel`` config.json; missing fields take transformers' defaults."""
         v, t = cfg.get("vision_config") or {}, cfg.get("text_config") or {}
         if not v.get("vision_use_head", True):
-            raise NotImplementedError("SigLIP without the attention-pooling head (vision_use_head=false)")
+            raise UnsupportedError("SigLIP without the attention-pooling head (vision_use_head=false)")
         default = "gelu_pytorch_tanh"
         act = _one_value("hidden_act", v.get("hidden_act", default), t.get("hidden_act", default))
         eps = _one_value("layer_norm_eps", v.get("layer_norm_eps", 1e-6), t.get("layer_norm_eps", 1e-6))
@@ -67,10 +72,10 @@ class SigLIPConfig:
         m = cfg.get("model_cfg", cfg)
         v, t = m.get("vision_cfg", {}), m.get("text_cfg", {})
         if v.get("timm_pool") != "map" or v.get("timm_proj", "linear") not in ("none", "", None):
-            raise NotImplementedError(f"timm image tower with pool={v.get('timm_pool')!r}, "
+            raise UnsupportedError(f"timm image tower with pool={v.get('timm_pool')!r}, "
                                       f"proj={v.get('timm_proj')!r}: zoo's SigLIP implements 'map' and no projection")
         if not t.get("no_causal_mask") or t.get("pool_type") != "last" or not t.get("proj_bias"):
-            raise NotImplementedError("open_clip text tower that is not SigLIP's (bidirectional, last-token pool, "
+            raise UnsupportedError("open_clip text tower that is not SigLIP's (bidirectional, last-token pool, "
                                       "projection with bias)")
         eps = (t.get("norm_kwargs") or {}).get("eps", 1e-6)
         vision, patch_size = _timm_tower(v["timm_model_name"], eps)
@@ -91,7 +96,7 @@ def _timm_tower(name: str, eps: float) -> tuple[TowerConfig, int]:
     block = trunk.blocks[0]
     if (trunk.cls_token is not None or trunk.global_pool != "map" or not isinstance(trunk.norm_pre, nn.Identity)
             or not isinstance(trunk.fc_norm, nn.Identity) or trunk.norm.eps != eps):
-        raise NotImplementedError(f"timm model {name!r} is not a SigLIP ViT (no class token, MAP pooling, no "
+        raise UnsupportedError(f"timm model {name!r} is not a SigLIP ViT (no class token, MAP pooling, no "
                                   f"pre-norm, LayerNorm eps {eps})")
     tower = TowerConfig(width=trunk.embed_dim, layers=len(trunk.blocks), heads=block.attn.num_heads,
                         mlp_dim=block.mlp.fc1.out_features)
@@ -150,13 +155,14 @@ class SigLIP(ImageTextModel):
     def __init__(self, cfg: SigLIPConfig = SigLIPConfig()) -> None:
         super().__init__()
         if cfg.embed_dim != cfg.vision.width:
-            raise ValueError(f"text embed_dim {cfg.embed_dim} must equal the image width {cfg.vision.width}")
+            raise InvalidInputError(f"text embed_dim {cfg.embed_dim} must equal the image width {cfg.vision.width}")
         self.config = cfg
         self.image_size = (cfg.image_size, cfg.image_size)
         self.context_length = cfg.context_length
         self.visual = VisionTower(cfg)
         self.text = TextTower(cfg.vocab_size, cfg.context_length, cfg.text, cfg.embed_dim, act=cfg.act, eps=cfg.eps,
                               pool="last", proj_bias=True)
+        self.vocab_size = cfg.vocab_size
         # 0-dim, as open_clip stores them; big_vision's initial values log(10) and -10
         self.logit_scale = nn.Parameter(torch.tensor(2.302585092994046))
         self.logit_bias = nn.Parameter(torch.tensor(-10.0))

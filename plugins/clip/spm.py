@@ -28,6 +28,8 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor
 
+from zoo.registry.errors import InvalidInputError, UnsupportedError
+
 from .bpe import basic_clean
 
 _NO_PUNCTUATION = str.maketrans("", "", string.punctuation)
@@ -93,9 +95,9 @@ def model_proto_from_tokenizer_json(tok: dict[str, Any]) -> bytes:
     """
     model = tok.get("model") or {}
     if model.get("type") != "Unigram":
-        raise ValueError(f"tokenizer.json holds a {model.get('type')!r} model; SigLIP needs a Unigram model")
+        raise InvalidInputError(f"tokenizer.json holds a {model.get('type')!r} model; SigLIP needs a Unigram model")
     if model.get("byte_fallback"):
-        raise NotImplementedError("tokenizer.json Unigram model with byte_fallback")
+        raise UnsupportedError("tokenizer.json Unigram model with byte_fallback")
     unk_id = model.get("unk_id")
     special = {t["id"] for t in tok.get("added_tokens", []) if t.get("special")}
     out = bytearray()
@@ -128,7 +130,7 @@ class SigLIPTokenizer:
         self.sp = sentencepiece.SentencePieceProcessor(model_proto=model_proto)
         self.eos_id = self.sp.piece_to_id("</s>")
         if self.sp.id_to_piece(self.eos_id) != "</s>":
-            raise ValueError("the SentencePiece model has no '</s>' piece: not a T5/SigLIP vocabulary")
+            raise InvalidInputError("the SentencePiece model has no '</s>' piece: not a T5/SigLIP vocabulary")
         self.pad_id = self.eos_id  # SigLIP pads with </s> (big_vision pad_value=1), whatever the files say
         self.context_length = context_length
         self.open_clip_clean = open_clip_clean

@@ -17,6 +17,7 @@ from torch import Tensor
 from zoo.diffusion import DiffusionPipeline
 from zoo.loader import load_component
 from zoo.registry import DIFFUSERS_WEIGHTS, Autoencoder, Component, Denoiser, DiscreteVPSchedule, ModelEntry
+from zoo.registry.errors import ArgumentTypeError, ConfigError
 from zoo.weights import read_json
 
 from .unet import LEGACY_ATTENTION_RENAMES, UNet2DConfig, UNet2DModel
@@ -74,7 +75,7 @@ class DDPMDenoiser(Denoiser):
     def forward(self, x_t: Tensor, t: Tensor, **cond: Any) -> Tensor:
         """``x_t (N, C, H, W)`` at DDPM step ``t (N,)`` -> the U-Net's output ``(N, C, H, W)``."""
         if cond:
-            raise TypeError(f"DDPM models are unconditional; got conditioning {sorted(cond)}")
+            raise ArgumentTypeError(f"DDPM models are unconditional; got conditioning {sorted(cond)}")
         return self.unet(x_t, t)
 
 
@@ -82,7 +83,7 @@ def prediction_from_config(scheduler_config: dict[str, Any]) -> str:
     """diffusers' ``prediction_type`` (absent means epsilon, as in every pre-0.8 scheduler config) -> zoo's."""
     kind = scheduler_config.get("prediction_type") or "epsilon"
     if kind not in PREDICTION_TYPES:
-        raise ValueError(f"scheduler_config.json: unknown prediction_type {kind!r} "
+        raise ConfigError(f"scheduler_config.json: unknown prediction_type {kind!r} "
                          f"(supported: {', '.join(PREDICTION_TYPES)})")
     return PREDICTION_TYPES[kind]
 
@@ -109,7 +110,32 @@ def check_scheduler_config(config: dict[str, Any], source: str = "scheduler_conf
     (``timestep_spacing`` is honoured by the schedule itself.)
     """
     def refuse(key: str, why: str) -> None:
-        raise ValueError(f"{source}: {key}={json.dumps(config[key])} is not supported: {why}")
+        raise ConfigError(f"{source}: {key}={json.dumps(config[key])} is not supported: {why}")
+
+    def number(key: str, low: float, high: float, integer: bool = False) -> None:
+        value = config.get(key)
+        if value is None:
+            return
+        kind = int if integer else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kind) or not low <= value <= high:
+            refuse(key, f"expected {'an integer' if integer else 'a number'} in {low}..{high}")
+
+    number("num_train_timesteps", 1, 100_000, integer=True)
+    number("beta_start", 1e-12, 0.999)
+    number("beta_end", 1e-12, 0.999)
+    number("steps_offset", 0, int(config.get("num_train_timesteps") or 1000) - 1, integer=True)
+    number("clip_sample_range", 1e-6, 1e6)
+    betas = config.get("trained_betas")
+    if betas is not None:
+        if not isinstance(betas, list) or not 1 <= len(betas) <= 100_000 or \
+                not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 < b < 1 for b in betas):
+            raise ConfigError(f"{source}: trained_betas must be a list of 1..100000 numbers in (0, 1)")
+    for key in ("clip_sample", "set_alpha_to_one", "rescale_betas_zero_snr", "thresholding"):
+        if key in config and not isinstance(config[key], bool):
+            refuse(key, "expected true or false")
+    for key in ("beta_schedule", "variance_type", "prediction_type", "timestep_spacing"):
+        if config.get(key) is not None and not isinstance(config[key], str):
+            refuse(key, "expected a string")
 
     if config.get("rescale_betas_zero_snr"):
         refuse("rescale_betas_zero_snr", "zoo computes the betas without the zero-terminal-SNR rescaling "
@@ -167,7 +193,7 @@ def first_stage(entry: ModelEntry, files: Path | None, *, device: torch.device |
         return None
     autoencoder = load_component(entry.component(name), files, device=device, dtype=dtype)
     if not isinstance(autoencoder, Autoencoder):
-        raise TypeError(f"{entry.name}: component {name!r} builds a {type(autoencoder).__name__}, not an Autoencoder")
+        raise ArgumentTypeError(f"{entry.name}: component {name!r} builds a {type(autoencoder).__name__}, not an Autoencoder")
     autoencoder.name = f"{entry.name} {name}"
     return autoencoder
 

@@ -16,19 +16,15 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
-import shutil
-import tempfile
 import time
-import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from zoo.errors import ZooError
+from zoo.training import ema_update, output_folder, write_folder_atomically
 from zoo.registry import DiscreteVPSchedule
 
 from .unet import UNet2DConfig, UNet2DModel
@@ -69,58 +65,6 @@ def load_digits_images(size: int = IMAGE_SIZE) -> tuple[Tensor, Tensor]:
 OUTPUT_FILES = ("config.json", "scheduler_config.json", "diffusion_pytorch_model.safetensors")
 
 
-def _check_output_dir(out: Path) -> None:
-    """Refuse a target that is not a folder or holds files ``train`` does not write: it is replaced as a whole."""
-    if out.exists() and not out.is_dir():
-        raise ZooError(f"{out} exists and is not a folder; choose a new or empty folder for the trained weights")
-    if out.is_dir():
-        other = sorted(p.name for p in out.iterdir() if p.name not in OUTPUT_FILES)
-        if other:
-            raise ZooError(f"{out} holds files `zoo train` does not write ({', '.join(other[:5])}"
-                           f"{', ...' if len(other) > 5 else ''}): the folder is replaced as a whole, so choose a "
-                           f"new or empty folder, or one an earlier training run wrote")
-
-
-def _write_atomically(out: Path, write: Callable[[Path], None]) -> None:
-    """Have ``write(folder)`` fill a temporary sibling of ``out``, then swap it into place.
-
-    An error while writing leaves ``out`` as it was (the temporary folder is removed). An existing ``out`` is
-    renamed aside first and deleted only once the new folder is in place, so ``out`` never holds a mix of old and
-    new files. Should the swap itself fail, the new files stay in the temporary folder, which the error names.
-    """
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        # mkdtemp's folder is private (0700): give it the old folder's permissions, or those a plain mkdir gives
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, out.stat().st_mode & 0o7777 if out.is_dir() else 0o777 & ~umask)
-        write(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    try:
-        _check_output_dir(out)  # again: the folder may have changed during training
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(out, old)
-        try:
-            os.replace(tmp, out)
-        except BaseException:
-            if old is not None:
-                os.replace(old, out)  # put the previous folder back
-            raise
-    except ZooError as exc:
-        raise ZooError(f"{exc}. The new files are in {tmp}") from None
-    except BaseException as exc:
-        if hasattr(exc, "add_note"):  # Python 3.11+
-            exc.add_note(f"the new files are in {tmp}")
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def train(out_dir: str | Path, *, steps: int = 4000, batch_size: int = 64, lr: float = 2e-3,
           ema_decay: float = 0.999, seed: int = 0, threads: int | None = None, progress: bool = True) -> Path:
     """Train the digits DDPM and write a Hub-layout folder: config.json, scheduler_config.json and
@@ -144,10 +88,7 @@ def train(out_dir: str | Path, *, steps: int = 4000, batch_size: int = 64, lr: f
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
-    out = Path(out_dir)
-    if out.is_symlink():  # replace the folder it points to, not the link
-        out = out.resolve()
-    _check_output_dir(out)
+    out = output_folder(out_dir, OUTPUT_FILES)
     if threads is not None:
         torch.set_num_threads(threads)
     gen = torch.Generator().manual_seed(seed)
@@ -178,11 +119,7 @@ def train(out_dir: str | Path, *, steps: int = 4000, batch_size: int = 64, lr: f
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        # EMA with a warm-up (decay grows from 0), so early steps do not drag in the random initialisation.
-        decay = min(ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for p_ema, p in zip(ema.parameters(), model.parameters()):
-                p_ema.lerp_(p, 1 - decay)
+        ema_update(ema, model, step, ema_decay)
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         if step % 50 == 0:
             bar.set_postfix(loss=f"{running:.4f}")
@@ -198,5 +135,5 @@ def train(out_dir: str | Path, *, steps: int = 4000, batch_size: int = 64, lr: f
         (folder / "config.json").write_text(json.dumps(UNet2DConfig.from_dict(UNET_CONFIG).to_dict(), indent=2) + "\n")
         (folder / "scheduler_config.json").write_text(json.dumps(SCHEDULER_CONFIG, indent=2) + "\n")
 
-    _write_atomically(out, write)
+    write_folder_atomically(out, write, OUTPUT_FILES)
     return Path(out_dir)

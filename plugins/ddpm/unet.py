@@ -28,6 +28,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from zoo.registry.config import bound, check_fields
+from zoo.registry.errors import ConfigError
 
 # ---------------------------------------------------------------------------------------------------------------
 # Checkpoint conversion
@@ -60,29 +62,29 @@ class UNet2DConfig:
     (older copies) leave the key out, and both mean one attention head spanning all channels.
     """
 
-    sample_size: int | tuple[int, int] = 32
-    in_channels: int = 3
-    out_channels: int = 3
+    sample_size: int | tuple[int, int] = bound(32, 1, 4096)
+    in_channels: int = bound(3, 1, 1024)
+    out_channels: int = bound(3, 1, 1024)
     center_input_sample: bool = False
     time_embedding_type: str = "positional"
-    time_embedding_dim: int | None = None
-    freq_shift: float = 0
+    time_embedding_dim: int | None = bound(None, 1, 65536)
+    freq_shift: float = bound(0, -16, 16)
     flip_sin_to_cos: bool = True
     down_block_types: tuple[str, ...] = ("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D")
     mid_block_type: str | None = "UNetMidBlock2D"
     up_block_types: tuple[str, ...] = ("AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D")
-    block_out_channels: tuple[int, ...] = (224, 448, 672, 896)
-    layers_per_block: int = 2
-    mid_block_scale_factor: float = 1
-    downsample_padding: int = 1
+    block_out_channels: tuple[int, ...] = bound((224, 448, 672, 896), 1, 16384)
+    layers_per_block: int = bound(2, 1, 16)
+    mid_block_scale_factor: float = bound(1, 1e-6, 1e6)
+    downsample_padding: int = bound(1, 0, 8)
     downsample_type: str = "conv"
     upsample_type: str = "conv"
-    dropout: float = 0.0
+    dropout: float = bound(0.0, 0.0, 1.0)
     act_fn: str = "silu"
-    attention_head_dim: int | None = None
-    norm_num_groups: int = 32
-    attn_norm_num_groups: int | None = None
-    norm_eps: float = 1e-5
+    attention_head_dim: int | None = bound(None, 1, 16384)
+    norm_num_groups: int = bound(32, 1, 1024)
+    attn_norm_num_groups: int | None = bound(None, 1, 1024)
+    norm_eps: float = bound(1e-5, 1e-12, 1.0)
     resnet_time_scale_shift: str = "default"
     add_attention: bool = True
     class_embed_type: str | None = None
@@ -111,12 +113,15 @@ class UNet2DConfig:
     def validate(self) -> None:
         """Refuse what this implementation does not build, naming the field, instead of building it wrong."""
         def refuse(field: str, value: Any, supported: str) -> None:
-            raise ValueError(f"UNet2DModel config: {field}={value!r} is not supported by zoo's DDPM U-Net "
-                             f"(supported: {supported})")
+            raise ConfigError(f"UNet2DModel config: {field}={value!r} is not supported by zoo's DDPM U-Net "
+                              f"(supported: {supported})")
 
+        check_fields(self, "UNet2DModel config")
         n = len(self.block_out_channels)
+        if not 1 <= n <= 8:
+            refuse("block_out_channels", list(self.block_out_channels), "1 to 8 levels")
         if len(self.down_block_types) != n or len(self.up_block_types) != n:
-            raise ValueError(f"UNet2DModel config: block_out_channels ({n}), down_block_types "
+            raise ConfigError(f"UNet2DModel config: block_out_channels ({n}), down_block_types "
                              f"({len(self.down_block_types)}) and up_block_types ({len(self.up_block_types)}) "
                              f"must have the same length")
         for t in self.down_block_types:
@@ -140,6 +145,13 @@ class UNet2DConfig:
                    "unconditional models only")
         if self.act_fn.lower() not in ACTIVATIONS:
             refuse("act_fn", self.act_fn, ", ".join(ACTIVATIONS))
+        odd = [c for c in self.block_out_channels if c % self.norm_num_groups]
+        if odd:
+            refuse("block_out_channels", list(self.block_out_channels),
+                   f"multiples of norm_num_groups={self.norm_num_groups}")
+        halvings = 2 ** (n - 1)
+        if any(side % halvings for side in self.image_size):
+            refuse("sample_size", self.sample_size, f"a multiple of {halvings}: the U-Net halves it {n - 1} times")
 
     @property
     def image_size(self) -> tuple[int, int]:

@@ -33,6 +33,7 @@ from zoo.plugins.autoencoders import SD_VAE
 from zoo.plugins.autoencoders.kl import kl_component
 from zoo.plugins.ddpm.model import first_stage, sampler_defaults, scheduler_config
 from zoo.registry import DIFFUSERS_WEIGHTS, Component, Denoiser, DiscreteVPSchedule, ModelEntry, hookimpl
+from zoo.registry.errors import ArgumentTypeError, InvalidInputError
 from zoo.weights import read_json
 
 from .model import DiT, DiTConfig
@@ -79,9 +80,9 @@ class DiTDenoiser(Denoiser):
 
     def forward(self, x_t: Tensor, t: Tensor, class_labels: Tensor | None = None, **cond: Any) -> Tensor:
         if cond:
-            raise TypeError(f"DiT takes class_labels only; got conditioning {sorted(cond)}")
+            raise ArgumentTypeError(f"DiT takes class_labels only; got conditioning {sorted(cond)}")
         if class_labels is None:
-            raise ValueError("DiT is class-conditional: pass labels= to sample (ids 0..999 or ImageNet names)")
+            raise InvalidInputError("DiT is class-conditional: pass labels= to sample (ids 0..999 or ImageNet names)")
         out = self.transformer(x_t, t, class_labels)
         return out[:, :x_t.shape[1]]
 

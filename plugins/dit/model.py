@@ -37,6 +37,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from zoo.registry.config import bound, check_fields
+from zoo.registry.errors import ConfigError
 
 
 @dataclass
@@ -44,21 +46,21 @@ class DiTConfig:
     """The fields of a DiT ``transformer/config.json`` (diffusers' ``Transformer2DModel`` / ``DiTTransformer2DModel``
     with ``norm_type="ada_norm_zero"``) that the network uses; others are checked or ignored."""
 
-    num_attention_heads: int = 16
-    attention_head_dim: int = 72
-    in_channels: int = 4
-    out_channels: int | None = None
-    num_layers: int = 28
-    patch_size: int = 2
-    sample_size: int = 32
-    num_embeds_ada_norm: int = 1000
+    num_attention_heads: int = bound(16, 1, 256)
+    attention_head_dim: int = bound(72, 1, 1024)
+    in_channels: int = bound(4, 1, 1024)
+    out_channels: int | None = bound(None, 1, 2048)
+    num_layers: int = bound(28, 1, 256)
+    patch_size: int = bound(2, 1, 64)
+    sample_size: int = bound(32, 1, 1024)
+    num_embeds_ada_norm: int = bound(1000, 1, 1_000_000)
     activation_fn: str = "gelu-approximate"
     attention_bias: bool = True
     norm_type: str = "ada_norm_zero"
     norm_elementwise_affine: bool = False
-    norm_eps: float = 1e-5
+    norm_eps: float = bound(1e-5, 1e-12, 1.0)
     upcast_attention: bool = False
-    dropout: float = 0.0
+    dropout: float = bound(0.0, 0.0, 1.0)
 
     @classmethod
     def from_dict(cls, config: dict[str, Any]) -> "DiTConfig":
@@ -69,17 +71,18 @@ class DiTConfig:
         return out
 
     def validate(self, raw: dict[str, Any] | None = None) -> None:
+        check_fields(self, "DiT config")
         raw = raw or {}
         wrong = {"norm_type": (self.norm_type, "ada_norm_zero"), "activation_fn": (self.activation_fn, "gelu-approximate"),
                  "norm_elementwise_affine": (self.norm_elementwise_affine, False)}
         for key, (value, wanted) in wrong.items():
             if value != wanted:
-                raise ValueError(f"DiT config: {key}={value!r} is not DiT's (supported: {wanted!r})")
+                raise ConfigError(f"DiT config: {key}={value!r} is not DiT's (supported: {wanted!r})")
         for key in ("cross_attention_dim", "num_vector_embeds"):
             if raw.get(key) is not None:
-                raise ValueError(f"DiT config: {key}={raw[key]!r} describes another Transformer2DModel variant, not DiT")
+                raise ConfigError(f"DiT config: {key}={raw[key]!r} describes another Transformer2DModel variant, not DiT")
         if self.sample_size % self.patch_size:
-            raise ValueError(f"DiT config: sample_size {self.sample_size} is not a multiple of patch_size {self.patch_size}")
+            raise ConfigError(f"DiT config: sample_size {self.sample_size} is not a multiple of patch_size {self.patch_size}")
 
     @property
     def width(self) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from zoo.registry import implied_noise, report_step, sampler
+from zoo.registry.errors import InvalidInputError
 
 from .diffusers_compat import ddim_plan
 
@@ -22,6 +23,8 @@ def ddim(denoise, x, sigmas, *, signal_scale, callback=None, noise_sampler=None,
     ``clip_denoised`` clamps x0 to [-c, c] before re-noising, while the noise direction keeps the model's own
     estimate, as diffusers' ``clip_sample`` does.
     """
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0 <= eta < float("inf"):
+        raise InvalidInputError(f"ddim: eta={eta!r} must be a number >= 0 (0: deterministic DDIM, 1: ancestral)")
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         a, a_next = signal_scale(sigma), signal_scale(sigma_next)
@@ -65,7 +68,7 @@ def ddpm(denoise, x, sigmas, *, signal_scale, callback=None, noise_sampler=None,
                 # beta_t of the VP forward step, in sampling-space units of x_s.
                 var = v * (1 + sigma_next**2) / (1 + sigma**2)
             else:
-                raise ValueError(f"unknown variance {variance!r}: use 'fixed_small' or 'fixed_large'")
+                raise InvalidInputError(f"unknown variance {variance!r}: use 'fixed_small' or 'fixed_large'")
             mean = mean + var.clamp_min(1e-20).sqrt() * noise_sampler(sigma, sigma_next)
         x = mean
         report_step(callback, i, sigma, x, x0)

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from zoo.registry import DiscreteVPSchedule, NoiseSchedule, SamplingPlan
+from zoo.registry.errors import InvalidInputError
 
 SPACINGS = ("leading", "trailing", "linspace")
 F64 = torch.float64
@@ -39,7 +40,7 @@ F64 = torch.float64
 
 def _vp_schedule(schedule: NoiseSchedule, scheduler: str) -> DiscreteVPSchedule:
     if not isinstance(schedule, DiscreteVPSchedule):
-        raise ValueError(f"compat='diffusers' reproduces {scheduler}, a discrete DDPM scheduler; this model's "
+        raise InvalidInputError(f"compat='diffusers' reproduces {scheduler}, a discrete DDPM scheduler; this model's "
                          f"schedule is {type(schedule).__name__} (only DiscreteVPSchedule models are supported)")
     return schedule
 
@@ -49,7 +50,7 @@ def _check_config(config: dict[str, Any], scheduler: str, **supported: tuple) ->
     for key, allowed in supported.items():
         value = config.get(key)
         if value is not None and value not in allowed:
-            raise ValueError(f"compat='diffusers' does not reproduce {scheduler} with {key}={value!r} "
+            raise InvalidInputError(f"compat='diffusers' does not reproduce {scheduler} with {key}={value!r} "
                              f"(supported: {', '.join(map(repr, allowed))})")
 
 
@@ -57,13 +58,13 @@ def _spacing(spacing: str | None, config: dict[str, Any], default: str) -> str:
     """The spacing asked for, else the config's, else the scheduler's own default (what ``from_config`` gives)."""
     spacing = spacing or config.get("timestep_spacing") or default
     if spacing not in SPACINGS:
-        raise ValueError(f"unknown spacing {spacing!r}: use 'leading', 'trailing' or 'linspace'")
+        raise InvalidInputError(f"unknown spacing {spacing!r}: use 'leading', 'trailing' or 'linspace'")
     return spacing
 
 
 def _check_steps(schedule: DiscreteVPSchedule, steps: int) -> None:
     if not 1 <= steps <= schedule.num_train_timesteps:
-        raise ValueError(f"steps must be between 1 and the {schedule.num_train_timesteps} training steps, got {steps}")
+        raise InvalidInputError(f"steps must be between 1 and the {schedule.num_train_timesteps} training steps, got {steps}")
 
 
 def _float32_grid(schedule: DiscreteVPSchedule) -> Tensor:

@@ -10,9 +10,8 @@ import math
 
 import numpy as np
 import torch
-from scipy.integrate import RK45
 
-from zoo.registry import report_step, sampler
+from zoo.registry import InvalidInputError, report_step, sampler
 
 
 @sampler("ode-rk45", options=("rtol", "atol"))
@@ -26,6 +25,11 @@ def ode_rk45(denoise, x, sigmas, *, signal_scale, callback=None, rtol: float = 1
     makes the slope well scaled from sigma = 80 down to 0.002. ``rtol``/``atol`` are scipy's, applied to the
     whole batch as one system: same seed and batch, same result; another batch size agrees within tolerance.
     """
+    for name, tol in (("rtol", rtol), ("atol", atol)):
+        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 < tol < 1:
+            raise InvalidInputError(f"ode-rk45: {name}={tol!r} must be a tolerance in (0, 1), e.g. 1e-4")
+    from scipy.integrate import RK45  # here, not at import: scipy.integrate costs ~0.5 s, and listing needs none
+
     positive = sigmas[sigmas > 0]
     start, end = float(sigmas[0]), float(positive[-1])
     shape, dtype, device = x.shape, x.dtype, x.device
