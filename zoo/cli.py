@@ -216,7 +216,8 @@ def cmd_plugins(args: argparse.Namespace) -> None:
 def cmd_sample(args: argparse.Namespace) -> None:
     from zoo.image import check_image_output, save_grid
 
-    check_image_output(args.output)  # -o out_dir/ or -o x.unknown: refused now, not after minutes of sampling
+    if args.out is None:
+        check_image_output(args.output)  # -o out_dir/ or -o x.unknown: refused now, not after minutes of sampling
     options = parse_options(args.option)
     if args.eta is not None:
         options["eta"] = args.eta
@@ -236,6 +237,11 @@ def cmd_sample(args: argparse.Namespace) -> None:
         options["guidance_scale"] = args.guidance_scale
     labels = conditioning.get("labels") or ()
     n = args.n if args.n is not None else (len(labels) if len(labels) > 1 else 16)
+    started = False
+    if args.out is not None:
+        from zoo import distributed
+
+        started = distributed.init_from_env()  # torchrun's variables -> gloo on CPUs, NCCL on GPUs
     pipe = create_from_args(args)
     sample = require(pipe, "sample", args.name)
     takes = tuple(getattr(getattr(pipe, "conditioner", None), "inputs", ()))
@@ -245,6 +251,18 @@ def cmd_sample(args: argparse.Namespace) -> None:
         raise InvalidInputError(f"{args.name} takes no {flags}" + (f" (its conditioning: {', '.join(takes)})" if takes else
                                                             " (it is unconditional)"))
     options.update(conditioning)
+    if args.out is not None:  # shards + manifest, the same files for any world size and batch size, resumable
+        steps, sampler = options.pop("steps", None), options.pop("sampler", None)
+        try:
+            run = distributed.sample_to_dir(pipe, n, args.out, seed=args.seed, batch_size=args.batch_size,
+                                            shard_size=args.shard_size, steps=steps, sampler=sampler,
+                                            **options)
+            if distributed.rank_and_world()[0] == 0:
+                print(f"wrote {args.out}: {run.summary()}")
+        finally:
+            if started:
+                torch.distributed.destroy_process_group()
+        return
     generator = torch.Generator().manual_seed(args.seed)
     start = time.perf_counter()
     try:  # an option this kind of model does not take: one line naming those it does, not a traceback
@@ -286,6 +304,10 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def _sample_arguments(sp: argparse.ArgumentParser) -> None:
     add_model_options(sp)
+    sp.add_argument("--out", metavar="DIR", help="write the samples as uint8 .npz shards and a manifest.json into DIR "
+                    "(resumable; the same files for any torchrun world size and batch size) instead of a grid")
+    sp.add_argument("--batch-size", type=positive_int, default=64, help="with --out: samples per forward pass")
+    sp.add_argument("--shard-size", type=positive_int, default=1000, help="with --out: samples per shard file")
     sp.add_argument("-n", type=int, help="number of samples (default: one per label when --labels gives several, else 16)")
     sp.add_argument("--labels", help="class labels of a class-conditional model, comma-separated ids or names, "
                                      "e.g. 207,360 or 'golden retriever,otter': one per sample, or one for all")
