@@ -92,8 +92,11 @@ def test_errors_are_one_line(photos, tmp_path, capsys):
     assert code == 2 and err.count("\n") == 1 and "image file not found" in err
     code, _, err = run(capsys, "detect", "vit-b16", photos[0])
     assert code == 2 and "cannot detect" in err and "classifier" in err
-    code, _, err = run(capsys, "detect", "detr-r50", photos[0], "-o", tmp_path / "nowhere" / "x.png")
-    assert code == 2 and "does not exist" in err
+    (tmp_path / "a-file").write_text("")
+    code, _, err = run(capsys, "detect", "detr-r50", photos[0], "-o", tmp_path / "a-file" / "x.png")
+    assert code == 2 and "cannot be created" in err  # refused before the model loads
+    code, _, err = run(capsys, "detect", "detr-r50", photos[0], "-o", tmp_path / "x.unknown")
+    assert code == 2 and "names no format" in err
     with pytest.raises(SystemExit):
         main(["detect", "detr-r50", photos[0], "--threshold", "1.5"])
     assert "must be in [0, 1]" in capsys.readouterr().err
