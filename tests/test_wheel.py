@@ -33,7 +33,14 @@ def wheel(tmp_path_factory) -> Path:
     source = tmp_path_factory.mktemp("source") / "zoo"
     shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__",
                                                                 ".venv*", ".whl", ".pytest_cache", "checkpoints"))
-    subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out), str(source)],
+    # --no-isolation builds with this environment's setuptools, which must meet pyproject's build requirement; a
+    # virtualenv's bundled copy may be older (65 in Python 3.11's venv), and is then left to pip's isolated build.
+    from importlib.metadata import version
+
+    from packaging.version import Version
+
+    flags = ["--no-isolation"] if Version(version("setuptools")) >= Version("70.1") else []
+    subprocess.run([sys.executable, "-m", "build", "--wheel", *flags, "--outdir", str(out), str(source)],
                    check=True, capture_output=True)
     (whl,) = out.glob("zoo-*.whl")
     return whl

@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import linalg
 
 from zoo.registry.errors import InvalidInputError, MissingFileError
 
@@ -104,6 +103,8 @@ def frechet_distance(a: Features | Stats | str | os.PathLike, b: Features | Stat
     if mu1.shape != mu2.shape:
         raise InvalidInputError(f"the two feature sets have different dimensions ({len(mu1)} and {len(mu2)}): "
                                 f"compute both with the same encoder")
+    from scipy import linalg  # here, not at import: listing models must not pay for scipy
+
     diff = mu1 - mu2
     with warnings.catch_warnings():  # singular products are handled below, as pytorch-fid's disp=False does
         warnings.simplefilter("ignore", linalg.LinAlgWarning)
