@@ -26,10 +26,11 @@ from .tensors import check_image_batch, per_sample
 
 __all__ = [
     "DIFFUSERS_WEIGHTS", "INTERFACES", "MODEL_WEIGHTS", "PREDICTIONS", "ArgumentTypeError", "Autoencoder",
-    "Classifier", "Command", "Component", "Conditioner", "ConfigError", "ContractError", "DenoiseFn", "Denoiser", "Detections", "Detector", "DetectorInput",
-    "DiscreteVPSchedule", "DuplicateNameError", "EDMSchedule", "Encoder", "Flow", "FlowSchedule", "FunctionSampler",
-    "InvalidInputError", "ModelEntry", "Module", "NoiseSampler", "NoiseSchedule", "NonFiniteError", "Pipeline", "PlanFn", "Prediction", "Registry",
-    "Renames", "Sampler", "SamplingPlan", "StepInfo", "TextEncoder", "TextFeatures", "bound", "build_registry",
-    "check_contract", "check_fields", "check_image_batch", "hookimpl", "hookspec", "implied_noise", "karras_sigmas", "ode_slope",
+    "Classifier", "Command", "Component", "Conditioner", "ConfigError", "ContractError", "DenoiseFn", "Denoiser",
+    "Detections", "Detector", "DetectorInput", "DiscreteVPSchedule", "DuplicateNameError", "EDMSchedule", "Encoder",
+    "Flow", "FlowSchedule", "FunctionSampler", "InvalidInputError", "ModelEntry", "Module", "NoiseSampler",
+    "NoiseSchedule", "NonFiniteError", "Pipeline", "PlanFn", "Prediction", "Registry", "Renames", "Sampler",
+    "SamplingPlan", "StepInfo", "TextEncoder", "TextFeatures", "bound", "build_registry", "check_contract",
+    "check_fields", "check_image_batch", "hookimpl", "hookspec", "implied_noise", "karras_sigmas", "ode_slope",
     "per_sample", "report_step", "sampler",
 ]

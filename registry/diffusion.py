@@ -219,7 +219,7 @@ class Sampler(ABC):
         unknown = sorted(set(options) - set(self.options))
         if unknown:
             raise ArgumentTypeError(f"sampler {self.name!r} takes no option {', '.join(map(repr, unknown))}; "
-                            f"its options are {', '.join(self.options) or 'none'}")
+                                    f"its options are {', '.join(self.options) or 'none'}")
 
 
 class FunctionSampler(Sampler):

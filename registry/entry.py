@@ -123,7 +123,7 @@ class ModelEntry:
     def __post_init__(self) -> None:
         if self.revision is not None and not re.fullmatch(r"[0-9a-f]{40}", self.revision):
             raise InvalidInputError(f"model {self.name!r}: revision must be a full 40-hex commit hash (or None when no "
-                             f"commit is known), got {self.revision!r}; a branch or tag name is not a pin")
+                                    f"commit is known), got {self.revision!r}; a branch or tag name is not a pin")
         names = [c.name for c in self.components]
         if len(set(names)) != len(names):
             raise InvalidInputError(f"model {self.name!r}: two components share a name ({names})")

@@ -112,8 +112,10 @@ def build_registry(extra_plugins: tuple[object, ...] = (), *, entry_points: bool
                     claimants = reg.clashes.setdefault((word, item.name), [owners[key]])
                     claimants.append(name)
                     target.pop(item.name, None)
-                    reg.command_plugins.pop(item.name, None) if isinstance(item, Command) else None
-                    reg.sampler_plugins.pop(item.name, None) if isinstance(item, Sampler) else None
+                    if isinstance(item, Command):
+                        reg.command_plugins.pop(item.name, None)
+                    elif isinstance(item, Sampler):
+                        reg.sampler_plugins.pop(item.name, None)
                     log.warning("zoo: %s", reg.clash_message(word, item.name))
                     continue
                 owners[key] = name

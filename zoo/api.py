@@ -123,8 +123,8 @@ def _check_options(entry: ModelEntry, kwargs: dict[str, Any]) -> None:
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
         raise ArgumentTypeError(f"create({entry.name!r}): unknown option(s) {', '.join(unknown)}; the {entry.family} family "
-                        f"accepts {', '.join(accepted) or 'no options'} besides weights=, pretrained=, device= and "
-                        f"dtype= (see `zoo info {entry.name}`)")
+                                f"accepts {', '.join(accepted) or 'no options'} besides weights=, pretrained=, device= and "
+                                f"dtype= (see `zoo info {entry.name}`)")
 
 
 #: the dtypes a model may be created in, by every name a user might write.

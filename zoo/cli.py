@@ -270,7 +270,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     except TypeError:
         takes = [p for p in inspect.signature(sample).parameters if p not in ("n", "generator")]
         raise InvalidInputError(f"{args.name}.sample takes {', '.join(takes) or 'no options'}; got "
-                         f"{', '.join(sorted(options))}") from None
+                                f"{', '.join(sorted(options))}") from None
     images = sample(n, generator=generator, **options)
     seconds = time.perf_counter() - start
     save_grid(images, args.output)

@@ -102,7 +102,7 @@ class PixelSpace(Autoencoder):
         check_image_batch(images, channels=self.sample_shape[0], size=self.sample_shape[1:], what="images")
         if images.min() < 0 or images.max() > 1:
             raise InvalidInputError(f"images must be in [0, 1] (got [{float(images.min()):.3g}, {float(images.max()):.3g}]); "
-                             f"divide uint8 pixels by 255, or pass input='raw' for model-space tensors in [-1, 1]")
+                                    f"divide uint8 pixels by 255, or pass input='raw' for model-space tensors in [-1, 1]")
         return images * 2 - 1
 
     def encode(self, x: Tensor) -> Tensor:
@@ -142,7 +142,7 @@ def _checked_grid(sigmas: Tensor) -> Tensor:
         raise InvalidInputError(f"a sigma grid must be a 1-D tensor of at least 2 values, got shape {tuple(sigmas.shape)}")
     if not bool(torch.isfinite(sigmas).all()) or sigmas[-1] < 0 or not bool((sigmas[1:] < sigmas[:-1]).all()):
         raise InvalidInputError(f"a sigma grid must be finite, strictly descending and end at 0 or above, got "
-                         f"{sigmas.tolist()}")
+                                f"{sigmas.tolist()}")
     return sigmas
 
 
@@ -172,7 +172,7 @@ def _deterministic_samplers() -> str:
 
 def _refuse_noise(sigma: Tensor, sigma_next: Tensor) -> Tensor:
     raise InvalidInputError(f"this sampler injects fresh noise with these settings and so cannot invert; use a "
-                     f"deterministic one ({_deterministic_samplers()}), or settings that inject none (eta=0)")
+                            f"deterministic one ({_deterministic_samplers()}), or settings that inject none (eta=0)")
 
 
 class DiffusionPipeline(Pipeline):
@@ -237,11 +237,11 @@ class DiffusionPipeline(Pipeline):
         if shift is not None:
             if not hasattr(sched, "with_shift"):
                 raise InvalidInputError(f"shift= is the flow-matching timestep shift; this model's schedule is "
-                                 f"{type(sched).__name__}, not a flow schedule")
+                                        f"{type(sched).__name__}, not a flow schedule")
             sched = sched.with_shift(shift)
         if spacing is not None and schedule not in (None, "default"):
             raise InvalidInputError(f"spacing={spacing!r} chooses among the default grid's timesteps; it has no meaning "
-                             f"with schedule={schedule if isinstance(schedule, str) else 'a tensor'!r}")
+                                    f"with schedule={schedule if isinstance(schedule, str) else 'a tensor'!r}")
         if isinstance(schedule, Tensor):
             return _checked_grid(schedule)
         if schedule in (None, "default"):
@@ -271,13 +271,13 @@ class DiffusionPipeline(Pipeline):
             return SamplingPlan([self.sigmas(steps, schedule, spacing, shift)])
         if schedule not in (None, "default") or shift is not None:
             raise InvalidInputError(f"compat={compat!r} reproduces a scheduler's own timesteps for a spacing; "
-                             f"schedule= and shift= have no meaning with it")
+                                    f"schedule= and shift= have no meaning with it")
         if compat not in impl.plans:
             from zoo.api import get_registry
 
             have = sorted(n for n, s in get_registry().samplers.items() if compat in s.plans)
             raise InvalidInputError(f"sampler {impl.name!r} has no compat={compat!r} plan; samplers that reproduce "
-                             f"{compat}: {', '.join(have) or 'none'}")
+                                    f"{compat}: {', '.join(have) or 'none'}")
         return impl.plans[compat](self.schedule, steps, spacing, self.scheduler_config)
 
     def _resolve_sampler(self, sampler: str | Sampler | None, default: str | None) -> Sampler:
@@ -290,7 +290,7 @@ class DiffusionPipeline(Pipeline):
                                     f"(None: the model's default, {default!r})")
         if sampler is None:
             raise InvalidInputError(f"{self.name or 'this pipeline'} has no default sampler: pass sampler= (see "
-                             f"zoo.list_samplers())")
+                                    f"zoo.list_samplers())")
         return get_sampler(sampler) if isinstance(sampler, str) else sampler
 
     def _state_dtype(self) -> torch.dtype:
@@ -335,7 +335,7 @@ class DiffusionPipeline(Pipeline):
         if guided_channels is not None and (isinstance(guided_channels, bool) or not isinstance(guided_channels, int)
                                             or not 1 <= guided_channels <= channels):
             raise InvalidInputError(f"guided_channels must be a number of channels in 1..{channels} (None: all), "
-                             f"got {guided_channels!r}")
+                                    f"got {guided_channels!r}")
 
         def model_time(sigma: Tensor) -> Tensor:
             if timesteps is not None and float(sigma.reshape(-1)[0]) in timesteps:
@@ -345,7 +345,7 @@ class DiffusionPipeline(Pipeline):
         if guidance_scale != 1.0:
             if uncond is None:
                 raise InvalidInputError("guidance_scale != 1 needs uncond=, the inputs of the unconditional branch "
-                                 "(the null class label, the empty prompt's embeddings, ...)")
+                                        "(the null class label, the empty prompt's embeddings, ...)")
             both = _stack_branches(cond, uncond)
 
             def D(x: Tensor, sigma: Tensor) -> Tensor:
@@ -549,8 +549,8 @@ class DiffusionPipeline(Pipeline):
                 c, h, w = self.sample_shape
                 scale = self.autoencoder.downscale
                 raise InvalidInputError(f"{self.name or 'this pipeline'} denoises {c}x{h}x{w} latents, which "
-                                 f"{h * scale}x{w * scale} images encode to; these images encode to "
-                                 f"{'x'.join(map(str, x0.shape[1:]))}: resize them to {h * scale}x{w * scale}")
+                                        f"{h * scale}x{w * scale} images encode to; these images encode to "
+                                        f"{'x'.join(map(str, x0.shape[1:]))}: resize them to {h * scale}x{w * scale}")
         else:
             check_image_batch(images, channels=self.sample_shape[0], size=self.sample_shape[1:], what="images")
             x0 = images

@@ -31,8 +31,8 @@ from zoo.registry import Component
 from .errors import ConfigError, MissingFileError, WeightsMismatchError, ZooError
 from .weights import load_into, load_sharded, load_state_dict, read_json, rename
 
-__all__ = ["build_checked", "component_dir", "convert_state_dict", "fill", "find_weights", "load_component", "read_component_config",
-           "read_weights"]
+__all__ = ["build_checked", "component_dir", "convert_state_dict", "fill", "find_weights", "load_component",
+           "read_component_config", "read_weights"]
 
 
 def component_dir(files: Path, component: Component) -> Path:

@@ -125,7 +125,7 @@ class ImagePreprocess:
         resample = cfg.get("resample", d.resample)
         if resample not in _HF_RESAMPLE:
             raise UnsupportedError(f"resample {_HF_RESAMPLE_NAMES.get(resample, resample)!r} is not supported; "
-                                      f"zoo implements {sorted(_HF_RESAMPLE.values())}")
+                                   f"zoo implements {sorted(_HF_RESAMPLE.values())}")
         resize: int | tuple[int, int] | None = None
         if cfg.get("do_resize", True):
             size = cfg.get("size", d.size)
@@ -137,7 +137,7 @@ class ImagePreprocess:
                 resize = (size, size) if d.default_to_square else size
             else:
                 raise UnsupportedError(f"preprocessor size {size!r} is not supported (expected an int, "
-                                          "{'shortest_edge': n} or {'height': h, 'width': w})")
+                                       "{'shortest_edge': n} or {'height': h, 'width': w})")
         crop = None
         if cfg.get("do_center_crop", d.do_center_crop):
             c = cfg.get("crop_size", d.crop_size)
@@ -195,7 +195,7 @@ class ImagePreprocess:
     def _finish(self, x: Tensor, *, uint8: bool) -> Tensor:
         if tuple(x.shape[-2:]) != tuple(self.size):
             raise InvalidInputError(f"preprocessing gave {tuple(x.shape[-2:])}, expected {self.size}: "
-                             "set resize/crop so that they end at size")
+                                    "set resize/crop so that they end at size")
         # float input is [0, 1], i.e. uint8 / 255: scale it as the reference would have scaled the uint8 pixels
         x = x.float() * (self.rescale if uint8 else 255 * self.rescale)
         mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device).view(3, 1, 1)
@@ -247,7 +247,7 @@ def load_images(images: ImageLike) -> list[Image.Image | Tensor]:
                 out.append(_one(item))
         return out
     raise ArgumentTypeError(f"cannot read images from {type(images).__name__}: pass a path, a PIL image, a uint8 or float "
-                    "tensor (3, H, W) / (N, 3, H, W) / (H, W, 3), or a list of these")
+                            "tensor (3, H, W) / (N, 3, H, W) / (H, W, 3), or a list of these")
 
 
 def _one(item: Any) -> Image.Image | Tensor:
@@ -266,7 +266,7 @@ def _one(item: Any) -> Image.Image | Tensor:
         x = _as_tensor(item)
         if x.ndim != 3:
             raise InvalidInputError(f"an image tensor must be (3, H, W), (H, W, 3) or a batch (N, 3, H, W); got shape "
-                             f"{tuple(x.shape)}" + (" (greyscale? repeat it to 3 channels: x.expand(3, -1, -1))"
+                                    f"{tuple(x.shape)}" + (" (greyscale? repeat it to 3 channels: x.expand(3, -1, -1))"
                                                     if x.ndim == 2 else ""))
         if x.shape[0] != 3 and x.shape[-1] == 3:
             x = x.permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
@@ -302,19 +302,19 @@ def _check_tensor(x: Tensor, *, shape: tuple[int, ...]) -> Tensor:
         fix = (" (greyscale: repeat to 3 channels with x.expand(3, -1, -1))" if x.shape[0] == 1 else
                " (RGBA: drop alpha with x[:3])" if x.shape[0] == 4 else "")
         raise InvalidInputError(f"image tensors must have 3 channels, as (3, H, W), (N, 3, H, W) or (H, W, 3); got shape "
-                         f"{shape}{fix}")
+                                f"{shape}{fix}")
     if x.dtype == torch.uint8:
         return x
     if not x.is_floating_point():
         raise InvalidInputError(f"image tensors must be uint8 (0..255) or float in [0, 1]; got {x.dtype} "
-                         "(convert with x.to(torch.uint8) if it holds 0..255 values)")
+                                "(convert with x.to(torch.uint8) if it holds 0..255 values)")
     lo, hi = float(x.min()), float(x.max())
     if not math.isfinite(lo) or not math.isfinite(hi):
         raise InvalidInputError("image tensor holds NaN or inf values")
     if lo < -1e-3:  # first: negative values mean normalised data, whatever the maximum
         raise InvalidInputError(f"float image tensors must be in [0, 1]; got values down to {lo:.4g} (already normalised? "
-                         "pass raw images to preprocess, or call the model on the normalised batch directly)")
+                                "pass raw images to preprocess, or call the model on the normalised batch directly)")
     if hi > 1.0 + 1e-3:
         raise InvalidInputError(f"float image tensors must be in [0, 1]; got values up to {hi:.4g} (0..255 floats? divide "
-                         "by 255, or pass a uint8 tensor)")
+                                "by 255, or pass a uint8 tensor)")
     return x.clamp(0, 1)

@@ -84,7 +84,7 @@ class ImageAutoencoder(Autoencoder):
         size = (size, size) if isinstance(size, int) else tuple(size)
         if min(size) < self.downscale or size[0] % self.downscale or size[1] % self.downscale:
             raise InvalidInputError(f"{self.name or type(self).__name__}: image size {size[0]}x{size[1]} must be a positive "
-                             f"multiple of {self.downscale} (the latent grid is {self.downscale}x smaller)")
+                                    f"multiple of {self.downscale} (the latent grid is {self.downscale}x smaller)")
         batch = torch.stack([_resized(item, size) for item in items])
         return (batch * 2 - 1).to(device=self.device, dtype=self.dtype)
 
@@ -114,7 +114,7 @@ class ImageAutoencoder(Autoencoder):
         h, w = x.shape[-2:]
         if h % multiple or w % multiple:
             raise InvalidInputError(f"{what} is {h}x{w} pixels; both sides must be multiples of {multiple} (resize, crop or "
-                             f"pass the images through .preprocess, which does)")
+                                    f"pass the images through .preprocess, which does)")
 
     @torch.inference_mode()
     def reconstruct(self, images: Any, size: int | tuple[int, int] | None = None, **options: Any) -> Tensor:

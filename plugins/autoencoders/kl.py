@@ -238,7 +238,7 @@ class AutoencoderKL(ImageAutoencoder):
         ``generator`` for reproducible draws)."""
         if generator is not None and not sample:
             raise InvalidInputError("encode(generator=...) draws nothing without sample=True (the default returns the "
-                             "posterior mean)")
+                                    "posterior mean)")
         post = self.posterior(x, tile=tile)
         z = post.sample(generator) if sample else post.mean
         return (z - self.shift) * self.scale

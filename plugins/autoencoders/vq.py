@@ -130,8 +130,8 @@ class VectorQuantizer(nn.Module):
         """``(N, h, w)`` int64 codes -> ``(N, D, h, w)`` codebook vectors (diffusers' ``get_codebook_entry``)."""
         if codes.ndim != 3 or codes.dtype not in (torch.int64, torch.int32):
             raise InvalidInputError(f"codes must be an (N, h, w) integer tensor, as quantize returns; got "
-                             f"{codes.dtype} of shape {tuple(codes.shape)} (diffusers' flat indices: reshape them to "
-                             f"(N, h, w))")
+                                    f"{codes.dtype} of shape {tuple(codes.shape)} (diffusers' flat indices: reshape them to "
+                                    f"(N, h, w))")
         if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.num_embeddings):
             raise InvalidInputError(f"codes must be in [0, {self.num_embeddings}), got [{int(codes.min())}, "
                              f"{int(codes.max())}]")

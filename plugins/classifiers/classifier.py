@@ -74,7 +74,7 @@ class ImageClassifier(Classifier):
         if features == "stages":
             if not self.hierarchical:
                 raise InvalidInputError(f"{self.name or 'this model'} has no feature pyramid (a plain ViT keeps one "
-                                 "resolution); use features='tokens' and reshape the patch tokens")
+                                        "resolution); use features='tokens' and reshape the patch tokens")
             return self.model.forward_intermediates(x, intermediates_only=True)
         if features not in ("pooled", "tokens"):
             raise InvalidInputError(f"features must be 'pooled', 'tokens' or 'stages', got {features!r}")
@@ -302,7 +302,7 @@ def build_timm_classifier(entry: ModelEntry, files: Path | None, *, device: torc
     model = load_component(component, files, device=device, dtype=dtype, config=spec)
     if not isinstance(model, expect):
         raise ArgumentTypeError(f"{spec['architecture']} builds a {type(model).__name__}, not the {expect.__name__} "
-                        f"{entry.family} expects")
+                                f"{entry.family} expects")
     config = read_json(files / "config.json") if files else {"pretrained_cfg": entry.preprocessing}
     pretrained_cfg = dict(config["pretrained_cfg"])
     if img_size is not None:

@@ -309,7 +309,7 @@ def _layer(layer: int, blocks: int) -> int:
     """A hidden-state number (0..blocks, or negative from the end) checked against a tower of ``blocks`` blocks."""
     if isinstance(layer, bool) or not isinstance(layer, int) or not -(blocks + 1) <= layer <= blocks:
         raise InvalidInputError(f"layer must be None or an int from {-(blocks + 1)} to {blocks} (0: the embeddings, i: the "
-                         f"output of block i, -1: of the last; this text tower has {blocks} blocks), got {layer!r}")
+                                f"output of block i, -1: of the last; this text tower has {blocks} blocks), got {layer!r}")
     return layer
 
 

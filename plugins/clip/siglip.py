@@ -73,10 +73,10 @@ class SigLIPConfig:
         v, t = m.get("vision_cfg", {}), m.get("text_cfg", {})
         if v.get("timm_pool") != "map" or v.get("timm_proj", "linear") not in ("none", "", None):
             raise UnsupportedError(f"timm image tower with pool={v.get('timm_pool')!r}, "
-                                      f"proj={v.get('timm_proj')!r}: zoo's SigLIP implements 'map' and no projection")
+                                   f"proj={v.get('timm_proj')!r}: zoo's SigLIP implements 'map' and no projection")
         if not t.get("no_causal_mask") or t.get("pool_type") != "last" or not t.get("proj_bias"):
             raise UnsupportedError("open_clip text tower that is not SigLIP's (bidirectional, last-token pool, "
-                                      "projection with bias)")
+                                   "projection with bias)")
         eps = (t.get("norm_kwargs") or {}).get("eps", 1e-6)
         vision, patch_size = _timm_tower(v["timm_model_name"], eps)
         tw = t.get("width", 512)
@@ -97,7 +97,7 @@ def _timm_tower(name: str, eps: float) -> tuple[TowerConfig, int]:
     if (trunk.cls_token is not None or trunk.global_pool != "map" or not isinstance(trunk.norm_pre, nn.Identity)
             or not isinstance(trunk.fc_norm, nn.Identity) or trunk.norm.eps != eps):
         raise UnsupportedError(f"timm model {name!r} is not a SigLIP ViT (no class token, MAP pooling, no "
-                                  f"pre-norm, LayerNorm eps {eps})")
+                               f"pre-norm, LayerNorm eps {eps})")
     tower = TowerConfig(width=trunk.embed_dim, layers=len(trunk.blocks), heads=block.attn.num_heads,
                         mlp_dim=block.mlp.fc1.out_features)
     return tower, trunk.patch_embed.patch_size[0]

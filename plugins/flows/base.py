@@ -58,7 +58,7 @@ class ImageFlow(Flow):
         if x.ndim != 4 or tuple(x.shape[1:]) != self.event_shape:
             c, h, w = self.event_shape
             raise InvalidInputError(f"{self.name or type(self).__name__} {what} must have shape (N, {c}, {h}, {w}), got "
-                             f"{tuple(x.shape)}; build the model with image_size={x.shape[-1]} for other sizes")
+                                    f"{tuple(x.shape)}; build the model with image_size={x.shape[-1]} for other sizes")
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``x (N, C, H, W)`` dequantized images -> ``(z (N, C, H, W), logdet (N,))``."""

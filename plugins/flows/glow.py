@@ -69,5 +69,5 @@ class Glow(ImageFlow):
         self.config = config
         if config.image_size % 2**config.levels:
             raise InvalidInputError(f"Glow with {config.levels} levels needs image_size divisible by {2 ** config.levels}, "
-                             f"got {config.image_size}")
+                                    f"got {config.image_size}")
         self.body = glow_level(config.channels, config.levels, config.steps, config.hidden)

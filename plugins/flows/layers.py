@@ -254,7 +254,7 @@ class Squeeze(FlowLayer):
         n, c, h, w = x.shape
         if h % 2 or w % 2:
             raise InvalidInputError(f"squeeze needs an even height and width, got {h}x{w}: use an image size divisible by "
-                             f"2 ** (number of squeezes)")
+                                    f"2 ** (number of squeezes)")
         y = x.reshape(n, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4).reshape(n, 4 * c, h // 2, w // 2)
         return y, x.new_zeros(n)
 

@@ -67,5 +67,5 @@ class RealNVP(ImageFlow):
         self.config = config
         if config.image_size % 2 ** (config.scales - 1):
             raise InvalidInputError(f"RealNVP with {config.scales} scales needs image_size divisible by "
-                             f"{2 ** (config.scales - 1)}, got {config.image_size}")
+                                    f"{2 ** (config.scales - 1)}, got {config.image_size}")
         self.body = realnvp_scale(config.channels, config.scales, config.hidden)

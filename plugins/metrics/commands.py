@@ -40,7 +40,7 @@ def load_source(path: str) -> tuple[str, Any]:
             if "arr_0" in f:
                 return "images", f["arr_0"]
             raise InvalidInputError(f"{path}: an .npz of neither statistics (mu, sigma) nor images (arr_0); it holds "
-                             f"{sorted(f.files)}")
+                                    f"{sorted(f.files)}")
     raise MissingFileError(f"{path}: not a sample folder, an image folder or an .npz file")
 
 

@@ -41,7 +41,7 @@ F64 = torch.float64
 def _vp_schedule(schedule: NoiseSchedule, scheduler: str) -> DiscreteVPSchedule:
     if not isinstance(schedule, DiscreteVPSchedule):
         raise InvalidInputError(f"compat='diffusers' reproduces {scheduler}, a discrete DDPM scheduler; this model's "
-                         f"schedule is {type(schedule).__name__} (only DiscreteVPSchedule models are supported)")
+                                f"schedule is {type(schedule).__name__} (only DiscreteVPSchedule models are supported)")
     return schedule
 
 
@@ -51,7 +51,7 @@ def _check_config(config: dict[str, Any], scheduler: str, **supported: tuple) ->
         value = config.get(key)
         if value is not None and value not in allowed:
             raise InvalidInputError(f"compat='diffusers' does not reproduce {scheduler} with {key}={value!r} "
-                             f"(supported: {', '.join(map(repr, allowed))})")
+                                    f"(supported: {', '.join(map(repr, allowed))})")
 
 
 def _spacing(spacing: str | None, config: dict[str, Any], default: str) -> str:

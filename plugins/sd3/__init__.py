@@ -72,8 +72,8 @@ def scheduler_config(entry: ModelEntry, files: Path | None) -> dict[str, Any]:
                                   "use_beta_sigmas", "invert_sigmas", "stochastic_sampling") if config.get(k)}
     if config.get("_class_name", "FlowMatchEulerDiscreteScheduler") != "FlowMatchEulerDiscreteScheduler" or odd:
         raise InvalidInputError(f"{files}/scheduler/scheduler_config.json: zoo's flow schedule reproduces "
-                         f"FlowMatchEulerDiscreteScheduler with a fixed shift; this config asks for "
-                         f"{odd or config.get('_class_name')}")
+                                f"FlowMatchEulerDiscreteScheduler with a fixed shift; this config asks for "
+                                f"{odd or config.get('_class_name')}")
     return config
 
 

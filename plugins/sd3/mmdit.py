@@ -73,7 +73,7 @@ class MMDiTConfig:
         config = cls(**known)
         if config.caption_projection_dim != config.dim:
             raise InvalidInputError(f"transformer config: caption_projection_dim {config.caption_projection_dim} must equal "
-                             f"num_attention_heads * attention_head_dim = {config.dim} (the joint attention's width)")
+                                    f"num_attention_heads * attention_head_dim = {config.dim} (the joint attention's width)")
         return config
 
 
@@ -122,7 +122,7 @@ class PatchEmbed(nn.Module):
         """The centre ``h x w`` window (in patches) of the ``max_size x max_size`` table -> ``(1, h * w, D)``."""
         if h > self.max_size or w > self.max_size:
             raise InvalidInputError(f"a {h}x{w}-patch latent is larger than the {self.max_size}x{self.max_size} position "
-                             f"table (at most {self.max_size * self.patch_size * 8} pixels a side for an f8 VAE)")
+                                    f"table (at most {self.max_size * self.patch_size * 8} pixels a side for an f8 VAE)")
         top, left = (self.max_size - h) // 2, (self.max_size - w) // 2
         table = self.pos_embed.view(1, self.max_size, self.max_size, -1)
         return table[:, top:top + h, left:left + w].reshape(1, h * w, -1)

@@ -39,7 +39,7 @@ class SD3Denoiser(Denoiser):
         """``x_t (N, 16, h, w)``, ``t (N,)``, text tokens ``(N, L, 4096)``, pooled ``(N, 2048)`` -> velocity."""
         if cond or encoder_hidden_states is None or pooled_projections is None:
             raise ArgumentTypeError(f"SD3 is conditioned on encoder_hidden_states= and pooled_projections= (what its "
-                            f"conditioner makes from prompt=); got {sorted(cond) or 'neither'}")
+                                    f"conditioner makes from prompt=); got {sorted(cond) or 'neither'}")
         dtype = self.model_dtype
         return self.transformer(x_t, t, encoder_hidden_states.to(x_t.device, dtype),
                                 pooled_projections.to(x_t.device, dtype))
@@ -74,7 +74,7 @@ class SD3Pipeline(DiffusionPipeline):
         height, width = height or h * down, width or w * down
         if height % self.multiple or width % self.multiple or height <= 0 or width <= 0:
             raise InvalidInputError(f"height and width must be positive multiples of {self.multiple} pixels (the VAE's "
-                             f"{down}x times the transformer's 2x2 patches), got {height}x{width}")
+                                    f"{down}x times the transformer's 2x2 patches), got {height}x{width}")
         return (channels, height // down, width // down)
 
     # -- memory: each component on the accelerator only while it runs -----------------------------------------

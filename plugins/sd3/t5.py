@@ -166,7 +166,7 @@ def check_layer(layer: int | None, blocks: int) -> None:
     valid = layer is None or (isinstance(layer, int) and not isinstance(layer, bool) and -blocks - 1 <= layer <= blocks)
     if not valid:
         raise InvalidInputError(f"layer must be None or an int from {-blocks - 1} to {blocks} (0: the embeddings, i: the "
-                         f"output of block i; this encoder has {blocks} blocks), got {layer!r}")
+                                f"output of block i; this encoder has {blocks} blocks), got {layer!r}")
 
 
 class T5Encoder(TextEncoder):

@@ -234,8 +234,8 @@ class SD3Conditioner(Conditioner):
         """N prompts (and optional different prompts for CLIP-G and T5) -> ``(N, 77 + T, 4096)``, ``(N, 2048)``."""
         if not self.has_encoders:
             raise InvalidInputError("this SD3 pipeline was built with text_encoders=False: pass prompt_embeds= and "
-                             "pooled_prompt_embeds= (and negative_prompt_embeds= / negative_pooled_prompt_embeds= "
-                             "for guidance) instead of prompts")
+                                    "pooled_prompt_embeds= (and negative_prompt_embeds= / negative_pooled_prompt_embeds= "
+                                    "for guidance) instead of prompts")
         length = max_sequence_length or self.max_sequence_length
         with self._running(self.clip_l):
             l = self.clip_l.encode_tokens(self.clip_l.tokenize(list(prompt)), layer=-2)
