@@ -95,10 +95,8 @@ def train_flow(name: str, model: ImageFlow, out_dir: str | Path, *, shipped: Pat
     """
     from tqdm.auto import tqdm
 
-    out = Path(out_dir)
-    out = out.resolve() if out.is_symlink() else out
+    out = training.output_folder(out_dir, OUTPUT_FILES)  # the link's target, checked before training
     refuse_shipped(out, shipped)
-    check_output_dir(out)
     if threads is not None:
         torch.set_num_threads(threads)
     gen = torch.Generator().manual_seed(seed)
