@@ -25,7 +25,7 @@ CHECKPOINT = Path(__file__).resolve().parents[2] / "shared" / "checkpoints" / "o
 def _hf_repo(out: Path):
     import open_clip
     import transformers
-    from zoo.plugins.clip import CLIPTokenizer
+    from zoo.plugins.clip.bpe import CLIPTokenizer
     cfg = json.loads((CHECKPOINT / "config.json").read_text())
     torch.manual_seed(0)
     ref = transformers.CLIPModel(transformers.CLIPConfig(**cfg)).eval()
@@ -40,12 +40,12 @@ def _open_clip_twin(zoo_model):
     """open_clip ViT-B-32-quickgelu holding zoo_model's weights (zoo's open_clip conversion, inverted per key)."""
     import open_clip
     from zoo.loader import convert_state_dict
-    from zoo.plugins.clip.clip import OPEN_CLIP_COMPONENT
+    from zoo.plugins.clip import COMPONENTS
     oc = open_clip.create_model("ViT-B-32-quickgelu").eval()
     ours = zoo_model.state_dict()
     sd = {}
     for key, value in oc.state_dict().items():
-        (name, _), = convert_state_dict(OPEN_CLIP_COMPONENT, {key: value}).items()
+        (name, _), = convert_state_dict(COMPONENTS["clip"]["open_clip"], {key: value}).items()
         sd[key] = ours[name].T if key in ("visual.proj", "text_projection") else ours[name]  # stored x @ P
     oc.load_state_dict(sd)
     return oc

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 import zoo
-from zoo.plugins.ddpm.model import PUBLISHED_CONFIGS
+from zoo.plugins.ddpm import PUBLISHED_CONFIGS
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 

@@ -7,7 +7,7 @@ against a plain ``pipe.sample`` loop that writes nothing.
 
 Each process uses ``--threads`` intra-op threads, so world size 2 uses twice the cores of world size 1: on a
 machine with fewer free cores than processes the speed-up cannot show. The plain loop draws the same
-per-sample noise (``zoo.distributed.IndexedNoise``) in the same batches, so the difference is the
+per-sample noise (``zoo.noise.CounterNoise``) in the same batches, so the difference is the
 distributed path's own cost: the sampler wrapper, uint8 conversion, shard writes, barriers, manifest.
 Prints one JSON line per measurement (best of ``--repeats``).
 """
@@ -25,7 +25,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import zoo
-from zoo.distributed import IndexedNoise, sample_to_dir
+from zoo.distributed import sample_to_dir
+from zoo.noise import CounterNoise
 
 
 def _free_port() -> int:
@@ -43,7 +44,7 @@ def plain_loop(pipe, args) -> float:
     start = time.perf_counter()
     for b0 in range(0, args.n, args.batch):
         idx = list(range(b0, min(b0 + args.batch, args.n)))
-        noise = IndexedNoise(idx, pipe.sample_shape, seed=0, device=pipe.device, dtype=torch.float32)
+        noise = CounterNoise(idx, pipe.sample_shape, seed=0, device=pipe.device, dtype=torch.float32)
         x = pipe.sample(len(idx), noise=noise.draw(), steps=args.steps, progress=False)
         x.cpu()
     if pipe.device.type == "cuda":

@@ -27,7 +27,7 @@ CONFIG = CHECKPOINTS / "stabilityai__stable-diffusion-3-medium-diffusers" / "tra
 def pair(layers: int, device: str, dtype: torch.dtype):
     from diffusers import SD3Transformer2DModel
 
-    from zoo.plugins.sd3 import MMDiT, MMDiTConfig
+    from zoo.plugins.sd3.mmdit import MMDiT, MMDiTConfig
 
     config = {k: v for k, v in json.loads(CONFIG.read_text()).items() if not k.startswith("_")}
     config["num_layers"] = layers

@@ -190,6 +190,10 @@ class Sampler(ABC):
     options: tuple[str, ...] = ()
     #: how the method reproduces other libraries' schedulers: ``{"diffusers": plan_fn}`` (see :class:`SamplingPlan`).
     plans: dict[str, PlanFn] = {}
+    #: True when each step is a function of that step's x and sigmas alone (no history as in multistep methods,
+    #: no step-size control as in adaptive ones): ``DiffusionPipeline.invert`` then undoes the steps one by one,
+    #: exactly (each solved by fixed-point iteration), so that sampling from the inverted noise returns the input.
+    single_step: bool = False
 
     @abstractmethod
     def __call__(self, denoise: DenoiseFn, x: Tensor, sigmas: Tensor, *,
@@ -226,8 +230,9 @@ class FunctionSampler(Sampler):
     """A Sampler made from a plain function (see :func:`sampler`)."""
 
     def __init__(self, fn: Callable[..., Tensor], name: str, stochastic: bool, options: tuple[str, ...],
-                 plans: dict[str, PlanFn] | None = None):
+                 plans: dict[str, PlanFn] | None = None, single_step: bool = False):
         self.fn, self.name, self.stochastic, self.options = fn, name, stochastic, tuple(options)
+        self.single_step = single_step
         self.plans = dict(plans or {})
         self.__doc__ = fn.__doc__
 
@@ -243,14 +248,14 @@ class FunctionSampler(Sampler):
 
 
 def sampler(name: str, *, stochastic: bool = False, options: tuple[str, ...] = (),
-            plans: dict[str, PlanFn] | None = None):
+            plans: dict[str, PlanFn] | None = None, single_step: bool = False):
     """Decorator: turn ``fn(denoise, x, sigmas, *, signal_scale, callback, [noise_sampler], **options)`` into a Sampler.
 
     ``options`` names the keyword arguments users may pass through ``pipe.sample(..., **options)``; ``plans``
     maps a ``compat=`` name to the function that reproduces that library's scheduler (:class:`SamplingPlan`).
     """
     def wrap(fn: Callable[..., Tensor]) -> FunctionSampler:
-        return FunctionSampler(fn, name, stochastic, options, plans)
+        return FunctionSampler(fn, name, stochastic, options, plans, single_step)
     return wrap
 
 

@@ -10,7 +10,7 @@ components and the files that are not weights (scheduler configs, tokenizers, pr
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -18,6 +18,7 @@ from torch import nn
 
 from .contracts import INTERFACES
 from .errors import InvalidInputError
+from .lazy import resolve
 
 #: Weight files as transformers and timm repos name them, safetensors first. Each name may also be sharded:
 #: ``NAME.index.json`` beside its shards (tried right after NAME).
@@ -40,10 +41,16 @@ class Component:
     Args:
         name: what the builder calls it (``"unet"``, ``"vae"``, ``"text_encoder"``, ``"model"``).
         build: ``config -> nn.Module``, the architecture; called under ``torch.device("meta")`` when weights
-            follow, so it must not read parameter values.
+            follow, so it must not read parameter values. Every field that holds code (``build``,
+            ``read_config``, ``convert``) or data kept beside code (``config``, ``renames``, ``ignore``) may be a
+            ``zoo.registry.lazy("module:attr")`` reference instead, so that listing imports no model module;
+            :meth:`resolve` imports them.
         read_config: the repo's config JSON (a dict) -> what ``build`` takes (a typed config, checked).
         config: what ``build`` takes when there are no files (``zoo.create(name, pretrained=False)``): the
-            published architecture, already read. None: this component cannot be built without its files.
+            published architecture, already read. None: this component cannot be built without its files
+            (unless ``raw_config`` is given).
+        raw_config: the published architecture as the repo's config JSON (a dict), read by ``read_config`` when
+            it is needed: what a plugin gives instead of ``config`` when reading it would import its model module.
         subfolder: where the component sits in the repo (``"unet"`` in a diffusers pipeline repo, ``""`` at the
             root). A local folder that has no config at the root is also looked up in ``name/``, the layout
             diffusers' ``save_pretrained`` writes for pipelines.
@@ -54,6 +61,8 @@ class Component:
         convert: ``state_dict -> state_dict`` for what a table cannot say (q/k/v fused, matrices transposed),
             applied after the renames. Must work on meta tensors (manifest checks run it on them).
         ignore: regexes of keys a published file may hold that the module does not need (legacy buffers).
+        export: ``state_dict -> state_dict``, the module's names back to the published ones (the inverse of
+            ``renames`` and ``convert``), for ``zoo.save_pretrained``; None where the load converts nothing.
     """
 
     name: str
@@ -66,6 +75,26 @@ class Component:
     renames: Renames = ()
     convert: Callable[[dict], dict] | None = None
     ignore: tuple[str, ...] = ()
+    raw_config: dict[str, Any] | None = None
+    export: Callable[[dict], dict] | None = None
+
+    @property
+    def packaged(self) -> bool:
+        """Whether the component can be built without files (``pretrained=False``)."""
+        return self.config is not None or self.raw_config is not None
+
+    def published_config(self) -> Any:
+        """What ``build`` takes for the published architecture: ``config``, or ``raw_config`` read (None if neither)."""
+        component = self.resolve()
+        if component.config is not None or component.raw_config is None:
+            return component.config
+        return component.read_config(component.raw_config)
+
+    def resolve(self) -> "Component":
+        """This component with its lazy fields imported (the model module is imported here, not at listing)."""
+        fields = {f: resolve(getattr(self, f))
+                  for f in ("build", "read_config", "config", "renames", "convert", "ignore", "export")}
+        return replace(self, **fields) if any(fields[f] is not getattr(self, f) for f in fields) else self
 
     def path(self, name: str) -> str:
         """A file name inside this component's subfolder, as the repo spells it."""
@@ -117,8 +146,17 @@ class ModelEntry:
     description: str = ""
     #: ``train(out_dir, **options) -> Path`` for models zoo trains itself (``zoo train NAME``); None otherwise.
     train: Callable[..., Any] | None = None
+    #: the reference library for ``zoo bench``: ``reference(model, inputs) -> run`` builds the library's model on
+    #: the built ``model``'s weights and returns a zero-argument callable doing the same work on
+    #: ``inputs`` (a ``zoo.bench.BenchInputs``), or a ``{label: callable}`` dict; a tuple of such functions for
+    #: several libraries. May be a ``lazy("module:function")``; None: zoo is timed alone.
+    reference: Callable[..., Any] | tuple[Callable[..., Any], ...] | None = None
     #: which plugin registered the entry (filled in by the plugin manager).
     plugin: str = ""
+    #: builder options that leave parts of the repo out when False, and the repo folders those parts live in
+    #: (``{"text_encoders": ("text_encoder", "tokenizer", ...)}``): ``zoo.create(..., text_encoders=False)`` then
+    #: downloads none of their files.
+    optional: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.revision is not None and not re.fullmatch(r"[0-9a-f]{40}", self.revision):
@@ -132,6 +170,13 @@ class ModelEntry:
     def all_files(self) -> tuple[str | tuple[str, ...], ...]:
         """Every repo file the entry needs: each component's config and weights, then :attr:`files`."""
         return (*(f for c in self.components for f in c.files()), *self.files)
+
+    def files_for(self, options: dict[str, Any]) -> tuple[str | tuple[str, ...], ...]:
+        """:attr:`all_files` without those of the folders that ``options`` leave out (see :attr:`optional`)."""
+        skipped = {folder for option, folders in self.optional.items() if options.get(option, True) is False
+                   for folder in folders}
+        first = lambda slot: (slot if isinstance(slot, str) else slot[0]).split("/", 1)  # noqa: E731
+        return tuple(s for s in self.all_files if not (len(first(s)) == 2 and first(s)[0] in skipped))
 
     def component(self, name: str) -> Component:
         for c in self.components:

@@ -102,7 +102,7 @@ def test_entry_is_the_ldm_celebahq_vqvae():
     entry = zoo.get_entry("vqvae-celebahq")
     component = entry.component("vqvae")
     assert entry.repo_id == "CompVis/ldm-celebahq-256" and component.subfolder == "vqvae"
-    assert component.config == component.read_config(json.loads((VQ / "config.json").read_text()))
+    assert component.published_config() == component.read_config(json.loads((VQ / "config.json").read_text()))
     assert entry.interface == "autoencoder"
 
 

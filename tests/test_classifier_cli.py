@@ -2,8 +2,8 @@
 
 The model is the fixture repo the parity tests write (the real config, fewer blocks, random weights, real Hub
 layout), passed with ``--weights DIR``; what the CLI prints is compared with the Python API on the same files,
-and errors in the input must be one line on stderr with exit status 2. (`zoo zero-shot` and `zoo embed`, the
-clip plugin's, are tested in test_clip_cli.py.)
+and errors in the input must be one line on stderr with exit status 2. (`zoo zero-shot`, the clip plugin's,
+and the core's `zoo embed` are tested in test_clip_cli.py and test_embed_distributed.py.)
 """
 from __future__ import annotations
 

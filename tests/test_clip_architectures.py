@@ -19,8 +19,9 @@ import zoo
 from checkpoints import CHECKPOINTS
 from helpers.clip_repos import needs_checkpoints
 from zoo.loader import convert_state_dict
-from zoo.plugins.clip import CLIPConfig, SigLIPConfig
-from zoo.plugins.clip import clip as clip_arch
+from zoo.plugins.clip import COMPONENTS
+from zoo.plugins.clip.clip import CLIPConfig
+from zoo.plugins.clip.siglip import SigLIPConfig
 from zoo.registry import Component
 from zoo.weights import check_state_dict
 
@@ -51,7 +52,7 @@ def test_laion_transformers_twin_fits_too() -> None:
     twin = json.loads((root / "manifest.json").read_text())["hf_twin"]
     cfg = CLIPConfig.from_transformers(json.loads((root / "config.json").read_text()))
     assert cfg.act == "gelu"
-    _check(clip_arch.TRANSFORMERS_COMPONENT, cfg, _meta_state_dict(twin["keys"]), "hf_twin")
+    _check(COMPONENTS["clip"]["transformers"], cfg, _meta_state_dict(twin["keys"]), "hf_twin")
 
 
 def test_clip_b16_without_a_folder() -> None:
@@ -61,9 +62,9 @@ def test_clip_b16_without_a_folder() -> None:
     with torch.device("meta"):
         ref = transformers.CLIPModel(transformers.CLIPConfig(**raw))
     cfg = CLIPConfig.from_transformers(raw)
-    _check(clip_arch.TRANSFORMERS_COMPONENT, cfg, ref.state_dict(), "CLIPModel(B/16)",
+    _check(COMPONENTS["clip"]["transformers"], cfg, ref.state_dict(), "CLIPModel(B/16)",
            sum(p.numel() for p in ref.parameters()))
-    assert zoo.get_entry("clip-vit-b16").component("model").config == cfg
+    assert zoo.get_entry("clip-vit-b16").component("model").published_config() == cfg
     assert ref.state_dict()["vision_model.embeddings.position_embedding.weight"].shape == (197, 768)
 
 
@@ -74,13 +75,13 @@ def test_laion_sizes_against_open_clip_configs(name: str, open_clip_name: str) -
     with torch.device("meta"):
         ref = open_clip.model.CLIP(**model_cfg)
     cfg = CLIPConfig.from_open_clip({"model_cfg": model_cfg})
-    _check(clip_arch.OPEN_CLIP_COMPONENT, cfg, ref.state_dict(), open_clip_name,
+    _check(COMPONENTS["clip"]["open_clip"], cfg, ref.state_dict(), open_clip_name,
            sum(p.numel() for p in ref.parameters()))
-    assert zoo.get_entry(name).component("model").config == cfg
+    assert zoo.get_entry(name).component("model").published_config() == cfg
 
 
 def test_timm_siglip_tower_comes_from_timm() -> None:
     cfg = SigLIPConfig.from_open_clip(json.loads((CHECKPOINTS / "timm__ViT-B-16-SigLIP" / "open_clip_config.json")
                                                  .read_text()))
-    assert cfg == zoo.get_entry("siglip-b16").component("model").config  # the same architecture as google's
+    assert cfg == zoo.get_entry("siglip-b16").component("model").published_config()  # the same architecture as google's
     assert (cfg.vision.layers, cfg.patch_size, cfg.eps, cfg.act) == (12, 16, 1e-6, "gelu_tanh")

@@ -1,4 +1,5 @@
-"""`zoo zero-shot` and `zoo embed`, the clip plugin's commands, end to end, in-process (zoo.cli.main), on real photos.
+"""`zoo zero-shot` (the clip plugin's command) and `zoo embed` (a core command: zoo.embedding), end to end,
+in-process (zoo.cli.main), on real photos.
 
 The CLIP and SigLIP models are the fixture repos the parity tests write (real configs, 2 blocks, random weights,
 real Hub layout), passed with ``--weights DIR``; what the CLI prints or writes is compared with the Python API on
@@ -22,6 +23,7 @@ from safetensors.torch import load_file, save_file
 import zoo
 from helpers.clip_repos import hf_clip_repo, hf_siglip_repo, needs_checkpoints, one_thread  # noqa: F401
 from zoo.cli import build_parser, main
+from zoo import embedding
 from zoo.plugins.clip import commands
 
 pytestmark = needs_checkpoints
@@ -71,6 +73,7 @@ def classifier(monkeypatch: pytest.MonkeyPatch):
     torch.manual_seed(0)
     model = zoo.create(CLASSIFIER, pretrained=False, device="cpu")
     monkeypatch.setattr(commands, "create_from_args", lambda args, **kwargs: model)
+    monkeypatch.setattr(embedding, "create_from_args", lambda args, **kwargs: model)
     return model
 
 
@@ -104,12 +107,15 @@ def assert_one_line_error(code: int, err: str, *needles: str) -> None:
         assert needle in err, (needle, err)
 
 
-# -- the commands are the clip plugin's ------------------------------------------------------------------------------
+# -- where the commands come from ------------------------------------------------------------------------------------
 
 
-def test_commands_come_from_the_clip_plugin() -> None:
+def test_zero_shot_is_the_clip_plugins_and_embed_is_core() -> None:
+    from zoo.cli import CORE_COMMANDS
+
     reg = zoo.get_registry()
-    assert {reg.command_plugins[name] for name in ("zero-shot", "embed")} == {"clip"}
+    assert reg.command_plugins["zero-shot"] == "clip" and "embed" not in reg.commands
+    assert "embed" in {c.name for c in CORE_COMMANDS}
 
 
 @pytest.mark.parametrize("argv,images,text", [

@@ -12,7 +12,7 @@ import torch
 import zoo
 from helpers.clip_repos import one_thread  # noqa: F401
 from zoo.errors import MissingFileError
-from zoo.plugins.clip import ImageTextModel
+from zoo.plugins.clip.clip import ImageTextModel
 from zoo.registry import Encoder, TextEncoder, TextFeatures
 
 ENCODERS = ["clip-vit-b32", "siglip-b16"]
@@ -39,7 +39,7 @@ def test_every_entry_is_an_image_text_model() -> None:
     for name in names:
         entry = zoo.get_entry(name)
         assert entry.interface == "image-text", name
-        assert [c.name for c in entry.components] == ["model"] and entry.component("model").config is not None
+        assert [c.name for c in entry.components] == ["model"] and entry.component("model").published_config() is not None
     assert zoo.list_models(interface="image-text") == sorted(names)
 
 

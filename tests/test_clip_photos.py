@@ -15,7 +15,8 @@ import torch
 
 import zoo
 from helpers.clip_repos import needs_checkpoints, one_thread, photos, train_t5_spm, write_clip_vocab  # noqa: F401
-from zoo.plugins.clip import CLIPTokenizer, SigLIPTokenizer
+from zoo.plugins.clip.bpe import CLIPTokenizer
+from zoo.plugins.clip.spm import SigLIPTokenizer
 
 ENTRIES = zoo.list_models(family="clip") + zoo.list_models(family="siglip")
 LABELS = ["cat", "coffee cup", "astronaut"]
@@ -38,7 +39,7 @@ def test_every_entry_is_covered() -> None:
 def test_photos_through_entry(name: str, tokenizers: dict) -> None:
     entry = zoo.get_entry(name)
     part = entry.component("model")
-    cfg = part.config  # the entry's architecture, as pretrained=False builds it
+    cfg = part.published_config()  # the entry's architecture, as pretrained=False builds it
     one_block = dataclasses.replace(cfg, vision=dataclasses.replace(cfg.vision, layers=1),
                                     text=dataclasses.replace(cfg.text, layers=1))
     model = entry.build(dataclasses.replace(entry, components=(dataclasses.replace(part, config=one_block),)), None,

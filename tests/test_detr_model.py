@@ -16,7 +16,8 @@ import torch
 import zoo
 from checkpoints import CHECKPOINTS
 from helpers.detr_repos import LEGACY, REPO, detr_repo, one_thread, shared_repo
-from zoo.plugins.detr.detector import COCO_LABELS, HF_CONFIG, PREPROCESSING, DETR
+from zoo.plugins.detr import COCO_LABELS, HF_CONFIG, PREPROCESSING
+from zoo.plugins.detr.detector import DETR
 from zoo.plugins.detr.model import RENAMES, DetrConfig, DetrNetwork, sine_position_embedding
 from zoo.weights import rename
 
@@ -168,11 +169,11 @@ def test_r101_is_the_r50_transformer_on_timms_resnet101():
     entry = zoo.get_entry("detr-r101")
     component = entry.component("model")
     real = json.loads((CHECKPOINTS / REPO / "config.json").read_text())
-    assert component.config == DetrConfig.from_hf({**real, "backbone": "resnet101"})
+    assert component.published_config() == DetrConfig.from_hf({**real, "backbone": "resnet101"})
     manifest = json.loads((CHECKPOINTS / REPO / "manifest.json").read_text())["keys"]
     r50 = rename({k: torch.empty(v[:-1], device="meta") for k, v in manifest.items()}, RENAMES)
     with torch.device("meta"):
-        ours = DetrNetwork(component.config).state_dict()
+        ours = DetrNetwork(component.published_config()).state_dict()
         resnet = timm.create_model("resnet101", pretrained=False).state_dict()
     backbone = {k.removeprefix("backbone."): tuple(v.shape) for k, v in ours.items() if k.startswith("backbone.")}
     assert backbone == {k: tuple(v.shape) for k, v in resnet.items()
@@ -180,7 +181,7 @@ def test_r101_is_the_r50_transformer_on_timms_resnet101():
     rest = {k: tuple(v.shape) for k, v in ours.items() if not k.startswith("backbone.")}
     assert rest == {k: tuple(v.shape) for k, v in r50.items() if not k.startswith("backbone.")}
     with torch.device("meta"):
-        params = sum(p.numel() for p in DetrNetwork(component.config).parameters())
+        params = sum(p.numel() for p in DetrNetwork(component.published_config()).parameters())
     assert 60e6 < params < 61e6, params
 
 
@@ -204,7 +205,7 @@ def test_bad_input_is_refused_with_the_fix(det):
 def test_detr_r50_downloads_its_pinned_commit_from_the_hub(repo, hub_server):
     """``zoo.create("detr-r50")`` fetches exactly the entry's files at its pinned commit (from the local Hub
     stand-in, which also serves a newer main), and ignores anything else in the repo."""
-    from zoo.plugins.detr.detector import REVISIONS
+    from zoo.plugins.detr import REVISIONS
 
     folder, ref = repo
     pinned = REVISIONS["facebook/detr-resnet-50"]

@@ -13,7 +13,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import zoo
-from zoo.distributed import IndexedNoise, read_samples, sample_seed, sample_to_dir, shard_name
+from zoo.distributed import read_samples, sample_to_dir, shard_name
+from zoo.noise import SEED_RULE, CounterNoise, run_seed
 from zoo.registry.errors import InvalidInputError
 
 N, SHARD, STEPS = 10, 3, 4  # 4 shards: 3 + 3 + 3 + 1
@@ -79,7 +80,7 @@ def test_world_sizes_batches_and_restarts_give_the_same_bytes(tmp_path, pipe):
     assert (manifest["model"], manifest["sampler"], manifest["steps"], manifest["seed"]) == ("ddpm-digits", "ddpm",
                                                                                             STEPS, 3)
     assert [s["file"] for s in manifest["shards"]] == sorted(want)
-    assert manifest["zoo_version"] == zoo.__version__ and "sha256" in manifest["seed_rule"]
+    assert manifest["zoo_version"] == zoo.__version__ and manifest["seed_rule"] == SEED_RULE
 
     # another batch size: the same images (per-sample noise; on this CPU, the same bytes too)
     other = tmp_path / "batch5"
@@ -96,10 +97,14 @@ def test_sample_i_is_the_seed_rule_applied_to_i(tmp_path, pipe):
     out = tmp_path / "run"
     sample_to_dir(pipe, 4, out, seed=11, batch_size=4, shard_size=4, steps=STEPS, sampler="ddim", progress=False)
     images = read_samples(out)
-    noise = IndexedNoise([2], pipe.sample_shape, seed=11, device=torch.device("cpu"), dtype=torch.float32)
+    noise = CounterNoise([2], pipe.sample_shape, seed=run_seed(11), device=torch.device("cpu"), dtype=torch.float32)
     alone = pipe.sample(1, noise=noise.draw(), steps=STEPS, sampler="ddim", progress=False)
     np.testing.assert_array_equal(images[2], (alone[0].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy())
-    assert sample_seed(11, 2) != sample_seed(11, 3) != sample_seed(12, 3)
+    # seed=11 is torch.Generator().manual_seed(11), as for pipe.sample (and `zoo sample --seed 11`)
+    together = pipe.sample(4, generator=torch.Generator().manual_seed(11), steps=STEPS, sampler="ddim", progress=False)
+    np.testing.assert_array_equal(images, (together.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy())
+    starts = [CounterNoise([i], pipe.sample_shape, seed=s).draw() for s, i in ((11, 2), (11, 3), (12, 3))]
+    assert not torch.equal(starts[0], starts[1]) and not torch.equal(starts[1], starts[2])
     assert len({images[i].tobytes() for i in range(4)}) == 4
     sample_to_dir(pipe, 4, tmp_path / "seed12", seed=12, batch_size=4, shard_size=4, steps=STEPS, sampler="ddim",
                   progress=False)
@@ -132,11 +137,11 @@ def test_per_sample_labels_follow_their_sample_index(tmp_path):
                       progress=False)
     images = read_samples(runs[2])
     np.testing.assert_array_equal(read_samples(runs[4]), images)
-    noise = IndexedNoise([3], pipe.sample_shape, seed=5, device=torch.device("cpu"), dtype=torch.float64)
+    noise = CounterNoise([3], pipe.sample_shape, seed=run_seed(5), device=torch.device("cpu"), dtype=torch.float64)
     alone = pipe.sample(1, noise=noise.draw(), steps=5, labels=[labels[3]], progress=False)
     np.testing.assert_array_equal(images[3], (alone[0].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy())
     # the label is what made it: the same noise under another class lands elsewhere
-    other = pipe.sample(1, noise=IndexedNoise([3], pipe.sample_shape, seed=5, device=torch.device("cpu"),
+    other = pipe.sample(1, noise=CounterNoise([3], pipe.sample_shape, seed=run_seed(5), device=torch.device("cpu"),
                                               dtype=torch.float64).draw(), steps=5, labels=[6], progress=False)
     assert not torch.equal(other, alone)
     recorded = json.loads((runs[2] / "manifest.json").read_text())["options"]["labels"]

@@ -81,7 +81,7 @@ def test_every_transformers_conversion_fuses_through_zoo_weights(name):
     the converted name of the missing tensor (one implementation, one message)."""
     component = zoo.get_entry(name).component("model")
     with torch.device("meta"):
-        module = component.build(component.config)
+        module = component.build(component.published_config())
     names = {"clip-vit-b32": "vision_model.encoder.layers.0.self_attn.k_proj.weight",
              "siglip-b16": "vision_model.encoder.layers.0.self_attn.k_proj.weight",
              "vit-b16-google": "vit.encoder.layer.0.attention.attention.key.weight",

@@ -97,9 +97,9 @@ def test_component_fits_the_real_checkpoint(entry, component):
     own = module.state_dict()
     converted = convert_state_dict(component, _file_state_dict(manifest))
     check_state_dict({k: tuple(v.shape) for k, v in own.items()}, converted, source=f"{folder}/manifest.json",
-                     ignore=component.ignore)
+                     ignore=component.resolve().ignore)
     assert sum(p.numel() for p in module.parameters()) == manifest["params"]
-    assert component.config == config, "pretrained=False would not build the published architecture"
+    assert component.published_config() == config, "pretrained=False would not build the published architecture"
     # every weight file the real repo holds is one the component accepts
     published = manifest.get("weights_files") or []
     assert not published or any(w in component.weights for w in published), (published, component.weights)
@@ -114,14 +114,14 @@ def test_timm_sizes_without_a_manifest_are_timms(name):
     entry = zoo.get_entry(name)
     component = entry.component("model")
     arch, tag = entry.repo_id.removeprefix("timm/").split(".")
-    assert component.config["architecture"] == arch
+    assert component.published_config()["architecture"] == arch
     cfg = get_pretrained_cfg(f"{arch}.{tag}").to_dict()
     assert cfg["hf_hub_id"] == entry.repo_id
     for key, value in entry.preprocessing.items():
         assert cfg[key] == (tuple(value) if isinstance(value, list) else value), key
     with torch.device("meta"):
         reference = timm.create_model(arch, pretrained=False)
-        ours = component.build(component.config)
+        ours = component.build(component.published_config())
     check_state_dict({k: tuple(v.shape) for k, v in ours.state_dict().items()}, reference.state_dict(), source=arch)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import os
 import sys
 import textwrap
 import types
@@ -327,3 +328,25 @@ def test_toy_preprocess_follows_the_models_device():
     cpu = zoo.create("toy-mlp", device="cpu", dtype=torch.bfloat16)
     features = cpu.encode(torch.rand(2, 3, 8, 8))  # float32 batch on a bfloat16 model
     assert features.dtype == torch.bfloat16 and features.shape == (2, 16)
+
+
+# -- lazy references (what lets listing import no model module) -----------------------------------------------------
+
+
+def test_lazy_imports_on_first_call_and_names_what_it_could_not_reach():
+    from zoo.registry import InvalidInputError, lazy, resolve
+
+    join = lazy("os.path:join")
+    assert join("a", "b") == os.path.join("a", "b") and resolve(join) is os.path.join and resolve(3) == 3
+    assert lazy(".model:build_pipeline", "zoo.plugins.ddpm") == lazy(".model:build_pipeline", "zoo.plugins.ddpm")
+    assert lazy("zoo.plugins.ddpm.unet:UNet2DConfig.from_dict").resolve().__name__ == "from_dict"  # dotted attribute
+    for bad in ("no_colon", "a:b:c", "", "a:"):
+        with pytest.raises(InvalidInputError, match="module:attribute"):
+            lazy(bad)
+    with pytest.raises(InvalidInputError, match="package="):
+        lazy(".model:x")
+    with pytest.raises(ModuleNotFoundError) as info:
+        lazy("zoo_no_such_module:f")()
+    assert "zoo_no_such_module:f" in "".join(getattr(info.value, "__notes__", []))
+    with pytest.raises(AttributeError):
+        lazy("os.path:no_such_function").resolve()

@@ -63,7 +63,7 @@ def _hf_reference(repo: str):
 def _defaults(repo: str):
     """What the repo's processor class assumes for keys its config leaves out: the family says (zoo's core knows
     no family by name); ViT's and Swin's processors use the plain defaults."""
-    from zoo.plugins.clip import CLIP_PROCESSOR, SIGLIP_PROCESSOR
+    from zoo.plugins.clip.build import CLIP_PROCESSOR, SIGLIP_PROCESSOR
 
     return CLIP_PROCESSOR if "clip" in repo else SIGLIP_PROCESSOR if "siglip" in repo else None
 

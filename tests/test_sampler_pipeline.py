@@ -187,6 +187,20 @@ def test_fixed_grid_inversion_round_trips_approximately(name):
     assert float((back - x0).abs().mean()) < 0.02
 
 
+@pytest.mark.parametrize("name", ["ddim", "euler", "heun"])
+def test_single_step_samplers_are_undone_exactly(name):
+    """invert undoes a single-step sampler step by step (accelerated fixed-point iteration): at 20 steps the round
+    trip is within 1e-4 (measured 2e-6; the one-pass inversion above needs 100 steps for 2e-2 on average), and the
+    recovered noise is the noise that made x."""
+    pipe = gmm_pipeline("eps", GMM)
+    noise = torch.randn(64, *pipe.sample_shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    x = pipe.sample(64, noise=noise, sampler=name, steps=20, output="raw", progress=False)
+    z = pipe.invert(x, sampler=name, steps=20, input="raw", progress=False)
+    back = pipe.sample(64, noise=z, sampler=name, steps=20, output="raw", progress=False)
+    assert float((back - x).abs().max()) < 1e-4
+    assert float((z - noise).abs().max()) < 1e-3
+
+
 def test_flow_shift_is_a_grid_option():
     pipe = gmm_pipeline("flow", GMM)
     assert torch.equal(pipe.sigmas(10, shift=3.0), FlowSchedule(shift=3.0).sigmas(10))

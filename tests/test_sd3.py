@@ -29,7 +29,7 @@ from helpers.clip_repos import (maxdiff, one_thread, train_t5_spm, write_clip_vo
                                 write_t5_tokenizer_json)
 from test_autoencoder_kl import perturbed, real_config
 from zoo.loader import convert_state_dict
-from zoo.plugins.sd3 import MMDiT, MMDiTConfig
+from zoo.plugins.sd3.mmdit import MMDiT, MMDiTConfig
 
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
@@ -264,6 +264,24 @@ def test_flow_grid_is_the_scheduler_step_by_step(ours):
         assert maxdiff(states[i], x) < 1e-5, i
 
 
+def test_text_encoders_false_needs_no_text_encoder_files(repo, tmp_path):
+    """The transformer, VAE and scheduler alone are a complete folder for text_encoders=False (and the Hub fetch
+    asks for nothing more: ``ModelEntry.files_for``), while the full pipeline still refuses that folder."""
+    import shutil
+
+    bare = tmp_path / "bare"
+    for part in ("transformer", "vae", "scheduler"):
+        shutil.copytree(repo / part, bare / part)
+    entry = zoo.get_entry("sd3-medium")
+    kept = {(s if isinstance(s, str) else s[0]).split("/")[0] for s in entry.files_for({"text_encoders": False})}
+    assert kept == {"transformer", "vae", "scheduler"}
+    assert len(entry.files_for({"text_encoder_3": False})) == len(entry.all_files) - 3  # config, weights, spiece
+    model = zoo.create("sd3-medium", weights=bare, device="cpu", dtype=torch.float64, text_encoders=False)
+    assert model.conditioner.clip_l is None
+    with pytest.raises(FileNotFoundError, match="text_encoder"):
+        zoo.create("sd3-medium", weights=bare, device="cpu", dtype=torch.float64)
+
+
 def test_embeddings_without_text_encoders(repo, ours):
     """text_encoders=False: the transformer and VAE alone, given the embeddings the full pipeline makes."""
     bare = zoo.create("sd3-medium", weights=repo, device="cpu", dtype=torch.float64, text_encoders=False)
@@ -338,7 +356,7 @@ def test_invert_then_sample_round_trip(ours):
 
 def test_drop_t5_after_encoding(ours):
     """Encode with T5, drop it, sample from the kept embeddings; later prompts get zeros in T5's place."""
-    from zoo.plugins.sd3 import SD3Conditioner
+    from zoo.plugins.sd3.text import SD3Conditioner
     base = ours.conditioner
     conditioner = SD3Conditioner(base.clip_l, base.clip_g, base.t5, joint_dim=64, pooled_dim=56)
     kept, _ = conditioner(1, prompt="a cat")

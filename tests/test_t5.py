@@ -18,8 +18,9 @@ import torch
 from checkpoints import CHECKPOINTS
 from helpers.clip_repos import maxdiff, one_thread, train_t5_spm, write_t5_tokenizer_json  # noqa: F401
 from zoo.loader import load_component
-from zoo.plugins.sd3 import T5Tokenizer
-from zoo.plugins.sd3.t5 import relative_position_bucket, t5_component
+from zoo.plugins.sd3.t5 import T5Tokenizer
+from zoo.plugins.sd3 import t5_component
+from zoo.plugins.sd3.t5 import relative_position_bucket
 
 transformers = pytest.importorskip("transformers")
 

@@ -134,3 +134,26 @@ def test_a_rule_rewrites_the_whole_key_it_matched():
     state = {"ab": torch.zeros(1), "blocks.3.qkv": torch.zeros(1)}
     renamed = rename(state, [(r"a|ab", "X"), (r"blocks\.(\d+)\.(.*)", r"layers.\1.\2")])
     assert list(renamed) == ["X", "layers.3.qkv"]
+
+
+def test_inverted_rename_tables_undo_the_load_conversion():
+    """invert_renames turns a published -> module table around (what save_pretrained writes back with), and
+    split_qkv undoes fuse_qkv; a rule that loses what it matched is refused."""
+    from zoo.plugins.classifiers.swin import HF_TO_TIMM as SWIN
+    from zoo.plugins.classifiers.vit import HF_TO_TIMM as VIT
+    from zoo.weights import fuse_qkv, invert_renames, rename, split_qkv
+
+    published = {"vit.encoder.layer.3.attention.attention.query.weight": 0, "vit.embeddings.cls_token": 1,
+                 "classifier.bias": 2, "swin.encoder.layers.2.downsample.reduction.weight": 3,
+                 "swin.encoder.layers.0.blocks.1.attention.self.relative_position_bias_table": 4, "other.key": 5}
+    for table in (VIT, SWIN):
+        ours = rename(published, table)
+        assert ours != published and rename(ours, invert_renames(table)) == published
+    qkv = {"a.q.weight": torch.randn(4, 2), "a.k.weight": torch.randn(4, 2), "a.v.weight": torch.randn(4, 2),
+           "b.weight": torch.randn(3)}
+    back = split_qkv(fuse_qkv(qkv))
+    assert back.keys() == qkv.keys() and all(torch.equal(back[k], qkv[k]) for k in qkv)
+    with pytest.raises(ValueError, match="cannot be inverted"):
+        invert_renames([(r"a\.(\d+)\.b", "c")])  # the layer number would be lost
+    with pytest.raises(ValueError, match="cannot be inverted"):
+        invert_renames([(r"a\..*", "b")])  # a wildcard outside a group

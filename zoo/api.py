@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from zoo.registry import ModelEntry, Registry, Sampler, build_registry, check_contract
+from zoo.registry import ModelEntry, Registry, Sampler, build_registry, check_contract, resolve
 
 from .errors import UnknownModelError
 from zoo.registry.errors import ArgumentTypeError, InvalidInputError
@@ -71,7 +71,8 @@ def default_device() -> torch.device:
 
 
 def create(name: str, *, weights: str | os.PathLike | None = None, pretrained: bool = True,
-           device: str | torch.device | None = None, dtype: torch.dtype | str | None = None, **kwargs: Any) -> Any:
+           device: str | torch.device | None = None, dtype: torch.dtype | str | None = None,
+           compile: bool | str = False, **kwargs: Any) -> Any:
     """Build a registered model with its weights.
 
     Args:
@@ -81,6 +82,8 @@ def create(name: str, *, weights: str | os.PathLike | None = None, pretrained: b
         pretrained: False builds the architecture with random weights (no download).
         device: defaults to CUDA when available, else CPU.
         dtype: ``torch.float32`` (default), ``torch.float16``, ``torch.bfloat16``, or their names.
+        compile: True compiles each repeated block in place (regional ``torch.compile``,
+            :func:`zoo.fast.compile_regions`); a mode name (``"reduce-overhead"``: CUDA graphs) picks the mode.
         **kwargs: passed to the family's builder (see ``zoo info NAME``).
 
     Returns:
@@ -107,15 +110,21 @@ def create(name: str, *, weights: str | os.PathLike | None = None, pretrained: b
         raise InvalidInputError(f"device={str(device)!r} was asked for, but this torch build sees no CUDA GPU "
                                 f"(torch {torch.__version__}); use device='cpu', or leave device unset to pick one")
     dtype = _dtype(dtype)
-    files = hub.fetch(entry, weights) if pretrained else None
+    if compile is not False:  # a bad mode is refused before any download
+        from .fast import compile_option, compile_regions
+
+        mode = compile_option(compile)
+    files = hub.fetch(entry, weights, options=kwargs) if pretrained else None
     model = entry.build(entry, files, device=device, dtype=dtype or torch.float32, **kwargs)
     check_contract(model, entry.interface, what=f"{name!r} (built by plugin {entry.plugin or entry.family!r})")
+    if compile is not False:
+        compile_regions(model, mode=mode)
     return model
 
 
 def _check_options(entry: ModelEntry, kwargs: dict[str, Any]) -> None:
     """Builder options are family-specific: name the unknown ones and list what the family accepts."""
-    params = inspect.signature(entry.build).parameters
+    params = inspect.signature(resolve(entry.build)).parameters
     if not kwargs or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
     accepted = [n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY

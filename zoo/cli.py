@@ -1,5 +1,5 @@
-"""The ``zoo`` command: the core commands (list, info, download, sample, train, samplers, plugins) and whatever
-the installed plugins add through their ``zoo_commands`` hook (classify, zero-shot, embed, ...).
+"""The ``zoo`` command: the core commands (list, info, download, sample, embed, train, samplers, plugins) and
+whatever the installed plugins add through their ``zoo_commands`` hook (classify, zero-shot, ...).
 
 Each sub-command is a few lines over the Python API. Errors zoo raises on purpose and bad input (a missing file,
 an invalid value) are printed as one line (exit status 2); anything else keeps its traceback.
@@ -26,7 +26,7 @@ import torch
 import zoo
 import zoo.api
 from zoo.errors import ZooError
-from zoo.registry import Command
+from zoo.registry import Command, resolve
 from zoo.registry.errors import InvalidInputError, MissingFileError
 
 # -- helpers for every command, built-in or a plugin's ---------------------------------------------------------
@@ -45,12 +45,14 @@ def create_from_args(args: argparse.Namespace, **kwargs: Any) -> Any:
     return zoo.create(args.name, weights=args.weights, device=args.device, dtype=args.dtype, **kwargs)
 
 
-def image_files(paths: Sequence[str]) -> list[str]:
+def image_files(paths: Sequence[str], *, headers: bool = True) -> list[str]:
     """IMAGE arguments, checked before any model is loaded (a typo should not cost a download).
 
     A folder stands for the image files directly inside it, sorted by name, as timm's inference script reads a
     folder (files whose extension PIL does not open are skipped; a folder with none is refused). Returns the
     image paths in order, folders expanded: print results against this list, not the raw arguments.
+    ``headers=False`` skips opening each file's header (a collection too large to open twice: ``zoo embed
+    --out DIR`` names an unreadable file when it reads it).
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -70,7 +72,7 @@ def image_files(paths: Sequence[str]) -> list[str]:
             raise InvalidInputError(f"{path} is not a regular file (an image file, or a folder of them, is expected)")
         else:
             files.append(path)
-    for path in files:
+    for path in files if headers else ():
         try:
             Image.open(path).close()  # reads the header only
         except UnidentifiedImageError:
@@ -285,7 +287,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     # Never the packaged folder by default: a trial run must not replace the shipped, tested weights.
     out = Path(args.output or args.name)
     options = {"steps": args.steps} if args.steps else {}
-    if "progress" in inspect.signature(entry.train).parameters:
+    if "progress" in inspect.signature(resolve(entry.train)).parameters:
         from zoo.progress import enabled
 
         options["progress"] = enabled(True)  # -q, TQDM_DISABLE, zoo.set_progress_bar_config
@@ -352,6 +354,29 @@ def _train_arguments(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--seed", type=int, default=0)
 
 
+def cmd_embed(args: argparse.Namespace) -> None:
+    from zoo.embedding import embed_command
+
+    embed_command(args)
+
+
+def _embed_arguments(sp: argparse.ArgumentParser) -> None:
+    add_model_options(sp)
+    sp.add_argument("images", nargs="*", metavar="IMAGE", help="image files, folders of them, list files (.txt, one "
+                    "path a line, relative to the list's folder) or `zoo sample --out` folders")
+    sp.add_argument("--text", action="append", default=[], metavar="T", help="a text to embed (repeatable; one file)")
+    sp.add_argument("--out", required=True, metavar="FILE|DIR", help="FILE.safetensors, FILE.npz or FILE.npy (one "
+                    "array; the extension picks the format), or a folder (DIR/, or a name without extension): "
+                    "safetensors shards + manifest.json, resumable, the same files for any torchrun world size")
+    sp.add_argument("--normalize", action="store_true", help="L2-normalise the embeddings")
+    sp.add_argument("--batch-size", type=positive_int, default=64,
+                    help="with --out DIR: images per forward pass (default 64)")
+    sp.add_argument("--shard-size", type=positive_int, default=10000,
+                    help="with --out DIR: images per shard file (default 10000)")
+    sp.add_argument("--workers", type=int, default=4, metavar="N", help="with --out DIR: DataLoader processes per "
+                    "rank that decode and preprocess images (default 4; 0: in-process)")
+
+
 def _list_arguments(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("pattern", nargs="?", default="*", help="wildcard, e.g. 'ddim-*' or 'clip*'")
     sp.add_argument("--family")
@@ -375,7 +400,11 @@ CORE_COMMANDS = (
     Command("samplers", cmd_samplers, "list samplers and their options"),
     Command("plugins", cmd_plugins, "list plugins, what they add, and any that failed to load"),
     Command("sample", cmd_sample, "generate images and save them as a grid", _sample_arguments),
+    Command("embed", cmd_embed, "embed images (and texts) with any encoder: one file, or shards at scale",
+            _embed_arguments),
     Command("train", cmd_train, "retrain a model zoo trains itself (e.g. ddpm-digits)", _train_arguments),
+    Command("bench", zoo.registry.lazy("zoo.bench:run"), "time a model (and its reference library) on this device",
+            zoo.registry.lazy("zoo.bench:arguments")),
     Command("verify", cmd_verify, "re-hash a model's cached Hub files (all models: no NAME)",
             lambda sp: sp.add_argument("name", nargs="?", help="model name (default: every cached model)")),
 )

@@ -6,13 +6,16 @@ plus a manifest. Run it in one process, or in each process of a ``torchrun`` job
 
 The seed rule
 -------------
-Sample ``i`` owns one ``torch.Generator`` seeded by :func:`sample_seed` ``(seed, i)`` (the first 63 bits of
-``sha256(f"{seed}:{i}")``), on the pipeline's device. It draws the sample's starting noise, then every noise
-a stochastic sampler injects into it, in order: :class:`zoo.diffusion.PerSampleNoise`'s rule, with the
-generators chosen by the sample's index instead of drawn from one batch generator. Nothing else is random,
-so sample ``i`` is the same whichever rank, batch or restart computes it. (The network's arithmetic on a batch
-may still round differently at another batch size or on another device; on one machine at one batch size the
-shards are byte-identical, which tests/test_distributed.py checks for world sizes 1 and 2.)
+Sample ``i``'s starting noise and every noise a stochastic sampler injects into it, in order, are draws 0, 1,
+2, ... of :mod:`zoo.noise` for ``(run seed, i)``: Philox4x32-10 keyed by the run seed, with the sample index and
+the draw number in its counter (:data:`SEED_RULE`), the whole batch in one call. It is the pipeline's own rule,
+and ``seed=S`` means what it means everywhere in zoo, ``torch.Generator().manual_seed(S)``: the run seed is
+``zoo.noise.run_seed(torch.Generator().manual_seed(S))``, so the shards hold ``pipe.sample(n,
+generator=torch.Generator().manual_seed(S))`` and ``zoo sample NAME --seed S`` draws the same images. Nothing
+else is random, so sample ``i`` is the same whichever rank, batch or restart computes it. (The network's
+arithmetic on a batch may still round differently at another batch size or on another device; on one machine
+at one batch size the shards are byte-identical, which tests/test_distributed.py checks for world sizes 1 and
+2, and tests/test_noise.py checks samples against ``pipe.sample`` at batch sizes 1, 2, 3 and 6.)
 
 The files
 ---------
@@ -46,36 +49,19 @@ from torch import Tensor
 from zoo.registry import Sampler
 from zoo.registry.errors import InvalidInputError
 
-from .diffusion import PerSampleNoise
+from .noise import SEED_RULE, CounterNoise, run_seed
 
 MANIFEST = "manifest.json"
-SEED_RULE = ("sample i: torch.Generator(device).manual_seed(int.from_bytes(sha256(f'{seed}:{i}').digest()[:8], "
-             "'little') >> 1) draws its starting noise, then each injected noise, in order")
-
-
-def sample_seed(seed: int, index: int) -> int:
-    """The seed of sample ``index``'s generator in a run seeded ``seed`` (see the module docstring)."""
-    digest = hashlib.sha256(f"{int(seed)}:{int(index)}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
-
-
-class IndexedNoise(PerSampleNoise):
-    """:class:`PerSampleNoise` for the samples ``indices`` of a run: generator ``j`` is seeded by
-    ``sample_seed(seed, indices[j])``, so a sample's noise does not depend on the batch it is in."""
-
-    def __init__(self, indices: list[int], shape: tuple[int, ...], *, seed: int, device: torch.device,
-                 dtype: torch.dtype):
-        self.generators = [torch.Generator(device).manual_seed(sample_seed(seed, i)) for i in indices]
-        self.shape, self.device, self.dtype = tuple(shape), device, dtype
 
 
 class _WithNoise(Sampler):
     """A sampler run with a given noise source instead of the pipeline's (same name, options and plans, so the
     pipeline applies the same checkpoint defaults and grids)."""
 
-    def __init__(self, inner: Sampler, noise: IndexedNoise):
+    def __init__(self, inner: Sampler, noise: CounterNoise):
         self.inner, self.noise = inner, noise
         self.name, self.stochastic, self.options, self.plans = inner.name, inner.stochastic, inner.options, inner.plans
+        self.single_step = getattr(inner, "single_step", False)  # every declaration of the inner sampler's
         self.__doc__ = inner.__doc__
 
     def __call__(self, denoise, x, sigmas, *, signal_scale, noise_sampler=None, callback=None, **options):
@@ -111,14 +97,8 @@ def init_from_env() -> bool:
     return True
 
 
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` whole or not at all: a temporary name beside it, fsync, then ``os.replace``."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
         f.write(data)
@@ -132,8 +112,9 @@ def to_uint8(images: Tensor) -> np.ndarray:
     return (images.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
-def shard_name(k: int) -> str:
-    return f"shard-{k:05d}.npz"
+def shard_name(k: int, suffix: str = ".npz") -> str:
+    """The file of shard ``k``: ``shard-00007.npz`` (``zoo embed`` writes ``.safetensors`` shards)."""
+    return f"shard-{k:05d}{suffix}"
 
 
 @dataclass
@@ -159,7 +140,9 @@ class SampleRun:
                 f"{self.shards_skipped} finished shard(s) kept on this rank; manifest: {self.manifest}")
 
 
-def _describe(pipe: Any, name: str | None) -> dict[str, Any]:
+def describe_model(pipe: Any, name: str | None) -> dict[str, Any]:
+    """What a manifest records of the model: its name, Hub repo and pinned revision (None for a model built by
+    hand), and the zoo version."""
     from . import __version__
     from .api import get_entry
 
@@ -222,27 +205,13 @@ def sample_to_dir(pipe_or_name: Any, n: int, out_dir: str | os.PathLike, *, seed
     inputs = tuple(getattr(getattr(pipe, "conditioner", None), "inputs", ()))
     per_sample = {k: v for k, v in options.items() if k in inputs and not isinstance(v, str) and n > 1
                   and hasattr(v, "__len__") and len(v) == n}
-    run = {**_describe(pipe, name), "sampler": impl.name, "steps": steps,
+    run = {**describe_model(pipe, name), "sampler": impl.name, "steps": steps,
            "options": {k: _recorded(v, k in per_sample) for k, v in sorted(options.items())},
            "dtype": str(pipe.dtype).removeprefix("torch."), "image_shape": list(shape), "n": n, "seed": seed,
            "seed_rule": SEED_RULE, "format": "npz: arr_0 uint8 (N, H, W, C) = round(255 * image), indices int64 (N,)",
            "shard_size": shard_size}
-    manifest_path = out / MANIFEST
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        if manifest_path.is_file():
-            old = json.loads(manifest_path.read_text())
-            differ = sorted(k for k in run if k != "zoo_version" and old.get(k) != run[k])
-            if differ:
-                raise InvalidInputError(f"{str(out)!r} holds a run with other settings ({', '.join(differ)} differ: "
-                                        f"{ {k: old.get(k) for k in differ} } vs { {k: run[k] for k in differ} }); "
-                                        f"use another --out, or delete the folder to start over")
-        for stale in out.glob(".*.tmp"):  # what a killed run was writing: never a shard
-            stale.unlink()
-        _write_manifest(manifest_path, run, shards, out)
-    _barrier()
-    if rank != 0 and not manifest_path.is_file():
-        raise InvalidInputError(f"rank {rank} cannot see {str(manifest_path)!r}: every rank must share out_dir")
+    listing = [{"file": shard_name(k), "start": a, "stop": b} for k, a, b in shards]
+    manifest_path = open_run(out, run, listing)
 
     mine = [s for s in shards if s[0] % world == rank]
     todo = [s for s in mine if not (out / shard_name(s[0])).is_file()]
@@ -252,11 +221,12 @@ def sample_to_dir(pipe_or_name: Any, n: int, out_dir: str | os.PathLike, *, seed
     state_dtype = pipe._state_dtype()
     start, images, written = time.perf_counter(), 0, 0
     try:
+        key = run_seed(seed)  # what generator=torch.Generator().manual_seed(seed) stands for
         for k, lo, hi in todo:
             parts = []
             for b0 in range(lo, hi, batch_size):
                 idx = list(range(b0, min(b0 + batch_size, hi)))
-                noise = IndexedNoise(idx, shape, seed=seed, device=pipe.device, dtype=state_dtype)
+                noise = CounterNoise(idx, shape, seed=key, device=pipe.device, dtype=state_dtype)
                 batch_options = {**options, **{k: v[idx[0]:idx[-1] + 1] for k, v in per_sample.items()}}
                 x = pipe.sample(len(idx), steps=steps, sampler=_WithNoise(impl, noise), noise=noise.draw(),
                                 progress=False, **batch_options)
@@ -264,18 +234,25 @@ def sample_to_dir(pipe_or_name: Any, n: int, out_dir: str | os.PathLike, *, seed
                 bar.update(min(len(idx) * world, n - bar.n))
             buffer = io.BytesIO()
             np.savez(buffer, arr_0=np.concatenate(parts), indices=np.arange(lo, hi, dtype=np.int64))
-            _atomic_write(out / shard_name(k), buffer.getvalue())
+            atomic_write(out / shard_name(k), buffer.getvalue())
             images, written = images + hi - lo, written + 1
             if stop_after_shards is not None and written >= stop_after_shards:
                 break
     finally:
         bar.close()
-    total = images
-    if stop_after_shards is None:
-        total = _sum_over_ranks(images)  # also the barrier before the manifest says complete
-        if rank == 0:
-            _write_manifest(manifest_path, run, shards, out)
+    total = finish_run(images, stopped=stop_after_shards is not None, manifest=manifest_path, run=run, listing=listing)
     return SampleRun(images, written, len(mine) - len(todo), time.perf_counter() - start, manifest_path, total)
+
+
+def finish_run(images: int, *, stopped: bool, manifest: Path, run: dict[str, Any], listing: Any) -> int:
+    """End a rank's part of a sharded run: the images of all ranks (this rank's alone when it ``stopped`` early,
+    for a test of resumption), and, on rank 0 once every rank is done, the final manifest."""
+    if stopped:
+        return images
+    total = sum_over_ranks(images)  # also the barrier before the manifest says complete
+    if rank_and_world()[0] == 0:
+        write_manifest(manifest, run, listing)
+    return total
 
 
 def _recorded(value: Any, per_sample: bool) -> Any:
@@ -286,7 +263,8 @@ def _recorded(value: Any, per_sample: bool) -> Any:
     return value if isinstance(value, (int, float, str, bool, type(None))) else repr(value)
 
 
-def _sum_over_ranks(value: int) -> int:
+def sum_over_ranks(value: int) -> int:
+    """``value`` summed over the process group (``value`` itself without one); every rank must call it."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
@@ -296,10 +274,59 @@ def _sum_over_ranks(value: int) -> int:
     return int(t.item())
 
 
-def _write_manifest(path: Path, run: dict[str, Any], shards: list[tuple[int, int, int]], out: Path) -> None:
-    listing = [{"file": shard_name(k), "start": a, "stop": b} for k, a, b in shards]
-    complete = all((out / s["file"]).is_file() for s in listing)
-    _atomic_write(path, (json.dumps({**run, "complete": complete, "shards": listing}, indent=1) + "\n").encode())
+def open_run(out: Path, run: dict[str, Any], listing: list[dict[str, Any]]) -> Path:
+    """Start, or resume, a sharded run in ``out`` (``zoo sample --out``, ``zoo embed --out DIR``); every rank
+    calls it. Rank 0 creates the folder, refuses a manifest there with other settings (naming those that
+    differ; ``zoo_version`` may), deletes what a killed run was writing (``.*.tmp``: never a shard) and writes
+    the manifest; its verdict reaches every rank, so a refusal stops them all instead of leaving them waiting.
+
+    Args:
+        run: the settings the manifest records (compared key by key with an existing manifest's).
+        listing: the shard list, ``{"file": ..., "start": ..., "stop": ...}`` per shard, in order.
+    Returns:
+        the manifest's path.
+    """
+    rank, _ = rank_and_world()
+    path, problem = out / MANIFEST, None
+    if rank == 0:
+        try:
+            old = json.loads(path.read_text()) if path.is_file() else {}
+            differ = sorted(k for k in run if k != "zoo_version" and old and old.get(k) != run[k])
+            if differ:
+                problem = (f"{str(out)!r} holds a run with other settings ({', '.join(differ)} differ: "
+                           f"{ {k: old.get(k) for k in differ} } vs { {k: run[k] for k in differ} }); "
+                           f"use another --out, or delete the folder to start over")
+            else:
+                out.mkdir(parents=True, exist_ok=True)
+                for stale in out.glob(".*.tmp"):
+                    stale.unlink()
+                write_manifest(path, run, listing)
+        except (OSError, ValueError) as exc:  # a folder that cannot be written, a damaged manifest
+            problem = f"cannot start a run in {str(out)!r}: {exc}"
+    problem = _from_rank_zero(problem)  # also the barrier: no rank looks for the manifest before it exists
+    if problem is not None:
+        raise InvalidInputError(problem)
+    if rank != 0 and not path.is_file():
+        raise InvalidInputError(f"rank {rank} cannot see {str(path)!r}: every rank must share out_dir")
+    return path
+
+
+def _from_rank_zero(value: Any) -> Any:
+    """Rank 0's ``value`` on every rank (``value`` itself without a process group)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def write_manifest(path: Path, run: dict[str, Any], listing: list[dict[str, Any]]) -> None:
+    """``run`` + the shard ``listing`` + ``complete`` (whether every listed shard exists beside ``path``),
+    written atomically."""
+    complete = all((path.parent / s["file"]).is_file() for s in listing)
+    atomic_write(path, (json.dumps({**run, "complete": complete, "shards": listing}, indent=1) + "\n").encode())
 
 
 def read_samples(path: str | os.PathLike) -> np.ndarray:

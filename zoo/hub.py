@@ -38,6 +38,7 @@ import warnings
 from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 from pathlib import Path
+from typing import Any
 
 from huggingface_hub import constants as hf_constants
 from huggingface_hub import hf_hub_download
@@ -150,11 +151,13 @@ def _alternatives(slot: str | tuple[str, ...]) -> tuple[str, ...]:
     return (slot,) if isinstance(slot, str) else tuple(slot)
 
 
-def fetch(entry: ModelEntry, weights: str | os.PathLike | None = None) -> Path:
+def fetch(entry: ModelEntry, weights: str | os.PathLike | None = None, *,
+          options: dict[str, Any] | None = None) -> Path:
     """Return a local directory that holds ``entry``'s files in their Hub layout.
 
     ``weights`` overrides where they come from: a local directory in the same layout, or another Hub repo id
-    of the same format (its default branch, since zoo cannot know its commits).
+    of the same format (its default branch, since zoo cannot know its commits). ``options``: the builder's,
+    which may leave parts of the repo out (``text_encoders=False``: see ``ModelEntry.optional``).
 
     Raises:
         OfflineError: a file is not cached and cannot be downloaded now (offline, or the Hub is unreachable).
@@ -162,8 +165,9 @@ def fetch(entry: ModelEntry, weights: str | os.PathLike | None = None) -> Path:
         DownloadError: a download started and failed (nothing partial is kept; run again).
         CorruptWeightsError: a downloaded or cached file does not match its hash or size (it has been deleted).
     """
+    needed = entry.files_for(options or {})
     if weights is not None and Path(weights).expanduser().is_dir():
-        return _check_local_dir(entry, Path(weights).expanduser())
+        return _check_local_dir(entry, Path(weights).expanduser(), needed)
     if weights is not None and looks_like_path(weights):
         what = ("is a file, not a folder" if Path(weights).expanduser().exists() else
                 "does not exist: no such file or folder (so neither an existing local directory nor a repo: a path "
@@ -174,8 +178,8 @@ def fetch(entry: ModelEntry, weights: str | os.PathLike | None = None) -> Path:
     if weights is None and entry.repo_id is None:
         if entry.local_dir is None:
             raise MissingFileError(f"model {entry.name!r} names neither a Hub repo nor a local directory")
-        return _check_local_dir(entry, Path(entry.local_dir))
-    if not entry.all_files:
+        return _check_local_dir(entry, Path(entry.local_dir), needed)
+    if not needed:
         raise MissingFileError(f"model {entry.name!r} lists no files to fetch")
     repo_id = str(weights) if weights is not None else entry.repo_id
     revision = entry.revision if weights is None else None
@@ -187,7 +191,7 @@ def fetch(entry: ModelEntry, weights: str | os.PathLike | None = None) -> Path:
     if not cfg.offline:  # seconds, not huggingface_hub's half minute of retries, to learn there is no network
         cfg = replace(cfg, unreachable=unreachable(cfg.endpoint))
     root: Path | None = None
-    for slot in entry.all_files:
+    for slot in needed:
         path, name = _download_first(entry, repo_id, revision, _alternatives(slot), cfg, weights is not None)
         verify_blob(path)
         if root is None:
@@ -201,7 +205,7 @@ def fetch(entry: ModelEntry, weights: str | os.PathLike | None = None) -> Path:
                 relative = str(Path(name).parent / shard) if "/" in name else shard
                 shard_path, _ = _download_first(entry, repo_id, revision, (relative,), cfg, weights is not None)
                 verify_blob(shard_path)
-    return root  # type: ignore[return-value] - entry.all_files is not empty, so the loop set it
+    return root  # type: ignore[return-value] - needed is not empty, so the loop set it
 
 
 def shard_files(index: Path) -> list[str]:
@@ -302,10 +306,11 @@ def _first_line(exc: BaseException | None) -> str:
     return lines[0] if lines else ""
 
 
-def _check_local_dir(entry: ModelEntry, root: Path) -> Path:
-    """Accept a folder holding the entry's files at its root, or one level down, as a diffusers pipeline saves
-    its components (``unet/config.json``, ``scheduler/scheduler_config.json``); the builder picks the layout."""
-    for slot in entry.all_files:
+def _check_local_dir(entry: ModelEntry, root: Path, needed: tuple[str | tuple[str, ...], ...]) -> Path:
+    """Accept a folder holding the entry's ``needed`` files at its root, or one level down, as a diffusers
+    pipeline saves its components (``unet/config.json``, ``scheduler/scheduler_config.json``); the builder picks
+    the layout."""
+    for slot in needed:
         names = _alternatives(slot)
         if not any((root / n).is_file() or any(root.glob(f"*/{n}")) for n in names):
             raise MissingFileError(f"{root} holds none of {', '.join(names)}, which {entry.name!r} needs "

@@ -49,11 +49,12 @@ def component_dir(files: Path, component: Component) -> Path:
 def read_component_config(component: Component, files: Path | None) -> Any:
     """What ``component.build`` takes: its config file in ``files`` read by ``read_config``, or, without files,
     the component's packaged ``config``."""
+    component = component.resolve()
     if files is None:
-        if component.config is None:
+        if not component.packaged:
             raise MissingFileError(f"component {component.name!r} has no packaged config to build without files; "
                                    f"load it from its repo (pretrained=True) or pass weights=")
-        return component.config
+        return component.published_config()
     path = component_dir(files, component) / component.config_file if component.config_file else None
     raw = read_json(path) if path is not None else {}
     source = str(path) if path is not None else f"{files} ({component.name})"
@@ -80,6 +81,7 @@ def build_checked(component: Component, config: Any, source: str) -> nn.Module:
     """``component.build(config)`` on the meta device (no memory), refusing a config that builds nothing or
     implies far more parameters than the published architecture (a damaged width or depth), before any tensor
     is allocated. Raises ConfigError naming ``source``."""
+    component = component.resolve()
     try:
         with torch.device("meta"):
             module = component.build(config)
@@ -88,7 +90,7 @@ def build_checked(component: Component, config: Any, source: str) -> nn.Module:
     except (ValueError, TypeError, KeyError, IndexError, AttributeError, RuntimeError, OverflowError,
             AssertionError) as exc:  # timm and torch assert on the values they are built from
         raise ConfigError(f"{source}: the {component.name} config builds no network: {type(exc).__name__}: {exc}") from exc
-    if component.config is not None and config != component.config:
+    if component.packaged and config != component.published_config():
         published = _published_params(component)
         params = sum(p.numel() for p in module.parameters())
         if published and params > MAX_PARAMS_FACTOR * published + 10_000_000:
@@ -102,10 +104,11 @@ _PUBLISHED: dict[int, int] = {}
 
 
 def _published_params(component: Component) -> int:
-    key = id(component.config)
+    component = component.resolve()
+    key = id(component.config if component.config is not None else component.raw_config)
     if key not in _PUBLISHED:
         with torch.device("meta"):
-            _PUBLISHED[key] = sum(p.numel() for p in component.build(component.config).parameters())
+            _PUBLISHED[key] = sum(p.numel() for p in component.build(component.published_config()).parameters())
     return _PUBLISHED[key]
 
 
@@ -126,6 +129,7 @@ def read_weights(path: Path) -> dict[str, Tensor]:
 
 def convert_state_dict(component: Component, state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """A published state dict -> the module's names: the rename table, then ``convert`` (meta tensors work)."""
+    component = component.resolve()
     state = rename(state_dict, component.renames)
     return component.convert(state) if component.convert is not None else state
 
@@ -170,6 +174,7 @@ def load_component(component: Component, files: Path | None, *, device: torch.de
         WeightsMismatchError: the converted state dict does not fit the module (keys and shapes named).
         CorruptWeightsError / UnsafeWeightsError: a weight file is damaged, or a pickle holds more than tensors.
     """
+    component = component.resolve()
     config = read_component_config(component, files) if config is None else config
     if files is None:
         with torch.device(device):

@@ -35,7 +35,7 @@ from typing import Any
 
 from torch import nn
 
-from zoo.registry import Component, ModelEntry
+from zoo.registry import Component, ModelEntry, resolve
 
 from .errors import ZooError
 from .loader import convert_state_dict
@@ -90,8 +90,9 @@ def model_card(entry: ModelEntry) -> str:
         lines.append(f"- **Original weights:** [{entry.repo_id}](https://huggingface.co/{entry.repo_id})"
                      + (f" at commit `{entry.revision}`" if entry.revision else ""))
     if entry.train is not None:
-        doc = " ".join((entry.train.__doc__ or "").strip().split("\n\n")[0].split())
-        lines.append(f"- **Training recipe:** `zoo train {entry.name}` ({entry.train.__module__}): {doc}")
+        train = resolve(entry.train)
+        doc = " ".join((train.__doc__ or "").strip().split("\n\n")[0].split())
+        lines.append(f"- **Training recipe:** `zoo train {entry.name}` ({train.__module__}): {doc}")
     lines += ["", "## Use", "", "```python", "import zoo", "",
               f'model = zoo.create("{entry.name}", weights="PATH_OR_REPO_ID")', "```", ""]
     return "\n".join(lines)
@@ -114,13 +115,19 @@ def save_pretrained(model: Any, folder: str | os.PathLike, *, name: str | None =
     folder = Path(folder).expanduser()
     plans: list[tuple[str, Any]] = []
     for component in entry.components:
+        component = component.resolve()
         module = component_module(model, component)
         state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-        converted = convert_state_dict(component, {k: v.to("meta") for k, v in state.items()})
+        published = component.export(state) if component.export is not None else state
+        # what loading the written file would give back must be the module's own state dict, name for name
+        converted = convert_state_dict(component, {k: v.to("meta") for k, v in published.items()})
         if set(converted) != set(state) or any(tuple(converted[k].shape) != tuple(v.shape) for k, v in state.items()):
-            raise ZooError(f"{entry.name}: component {component.name!r} converts the published names on loading "
-                           f"(its rename table or convert), so its module's state dict is not the published "
-                           f"layout; saving it needs that conversion's inverse, which zoo does not have yet")
+            why = ("its export does not invert the conversion loading applies" if component.export is not None else
+                   "it converts the published names on loading (its rename table or convert), and has no export "
+                   "(the inverse) to write them back")
+            raise ZooError(f"{entry.name}: component {component.name!r} cannot be saved in its published layout: "
+                           f"{why}")
+        state = {k: v.contiguous() for k, v in published.items()}
         if component.config_file:  # the model may say what its config file holds (a timm classifier does)
             writer = getattr(model, "pretrained_config", None)
             config = writer(component.name) if callable(writer) else _config_dict(module, component)

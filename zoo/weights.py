@@ -19,8 +19,8 @@ from zoo.registry import Renames
 
 from .errors import ConfigError, CorruptWeightsError, MissingFileError, UnsafeWeightsError, WeightsMismatchError
 
-__all__ = ["Renames", "check_dtype_kinds", "check_state_dict", "fuse_qkv", "load_into", "load_sharded", "load_state_dict", "read_json",
-           "rename"]
+__all__ = ["Renames", "check_dtype_kinds", "check_state_dict", "fuse_qkv", "invert_renames", "load_into", "load_sharded",
+           "load_state_dict", "read_json", "rename", "split_qkv"]
 
 
 def read_json(path: Path) -> dict:
@@ -167,6 +167,57 @@ def fuse_qkv(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
                 f"needed")
         out[f"{prefix}.qkv.{kind}"] = torch.cat([qkv["q"], qkv["k"], qkv["v"]], dim=0)
     return out
+
+
+def split_qkv(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The inverse of :func:`fuse_qkv`: every ``*.qkv.{weight,bias}`` (rows q|k|v) back into ``*.q``, ``*.k``,
+    ``*.v`` (what ``save_pretrained`` needs to write a layout that stores them apart)."""
+    out: dict[str, Tensor] = {}
+    for key, value in state_dict.items():
+        m = re.fullmatch(r"(.+)\.qkv\.(weight|bias)", key)
+        if m is None:
+            out[key] = value
+            continue
+        for name, part in zip("qkv", value.chunk(3, dim=0)):
+            out[f"{m[1]}.{name}.{m[2]}"] = part
+    return out
+
+
+#: in a rename pattern, one capture group (no nesting) or one escaped character; anything else is refused
+_PATTERN_PART = re.compile(r"\((?P<group>[^()]*)\)|\\(?P<escaped>.)|(?P<literal>[^\\()\[\]{}*+?|^$.])")
+
+
+def invert_renames(table: Renames) -> list[tuple[str, str]]:
+    """The table that undoes ``table`` (published names -> the module's): module names -> published names.
+
+    Each rule must be literal text, escaped characters and capture groups, with every group used by its
+    replacement, so that nothing the pattern matched is lost; the inverse rules run in reverse order. Raises
+    ValueError naming a rule that cannot be inverted (a wildcard outside a group, an unused group).
+    """
+    inverse = []
+    for pattern, repl in table:
+        groups: list[str] = []
+        template = ""  # the pattern as a replacement string: each group k becomes a placeholder for it
+        position = 0
+        for m in _PATTERN_PART.finditer(pattern):
+            if m.start() != position:
+                break
+            position = m.end()
+            if m["group"] is not None:
+                groups.append(m["group"])
+                template += f"\0{len(groups)}\0"
+            else:
+                template += (m["escaped"] if m["escaped"] is not None else m["literal"]).replace("\\", "\\\\")
+        refs = [int(r) for r in re.findall(r"\\(\d)", repl)]
+        if position != len(pattern) or sorted(set(refs)) != list(range(1, len(groups) + 1)):
+            raise ValueError(f"rename rule {pattern!r} -> {repl!r} cannot be inverted (only literal text, escaped "
+                             f"characters and capture groups that the replacement all uses)")
+        order = list(dict.fromkeys(refs))  # the inverse pattern's groups are the original's in replacement order
+        inverse_pattern = "".join(f"({groups[int(t) - 1]})" if t.isdigit() else re.escape(t)
+                                  for t in re.split(r"\\(\d)", repl))
+        inverse_repl = re.sub(r"\0(\d+)\0", lambda g: f"\\{order.index(int(g[1])) + 1}", template)
+        inverse.append((inverse_pattern, inverse_repl))
+    return inverse[::-1]
 
 
 def rename(state_dict: Mapping[str, Tensor], table: Renames) -> dict[str, Tensor]:

@@ -24,13 +24,34 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
-from zoo.registry import ModelEntry, hookimpl
+from zoo.registry import DIFFUSERS_WEIGHTS, Command, Component, ModelEntry, hookimpl, lazy
 
-from . import train_vq
-from .commands import RECONSTRUCT
-from .kl import build_kl, kl_component
-from .vq import build_vq, vq_component
+#: the builders and the recipe, imported when a model is created (listing imports no model module).
+build_kl = lazy(".kl:build_kl", __name__)
+build_vq = lazy(".vq:build_vq", __name__)
+train_vq = lazy(".train_vq:train", __name__)
+RECONSTRUCT = Command("reconstruct", lazy(".commands:run", __name__),
+                      "encode and decode images with an autoencoder; write input beside output",
+                      lazy(".commands:arguments", __name__))
+
+
+def kl_component(config: dict[str, Any], subfolder: str = "") -> Component:
+    """The KL VAE of a diffusers repo: ``config.json`` + ``diffusion_pytorch_model.*`` in ``subfolder``, legacy
+    attention names and 1x1-conv-shaped projections converted. ``config``: the published ``config.json``."""
+    return Component(name="vae", build=lazy(".kl:AutoencoderKL", __name__),
+                     read_config=lazy(".kl:KLConfig.from_dict", __name__), raw_config=config, subfolder=subfolder,
+                     weights=DIFFUSERS_WEIGHTS, renames=lazy(".blocks:LEGACY_ATTENTION_RENAMES", __name__),
+                     convert=lazy(".blocks:flatten_conv_attention", __name__))
+
+
+def vq_component(config: dict[str, Any], subfolder: str = "vqvae") -> Component:
+    """The VQ-VAE of a diffusers repo (``vqvae/`` in LDM pipelines), legacy attention names converted."""
+    return Component(name="vqvae", build=lazy(".vq:VQModel", __name__),
+                     read_config=lazy(".vq:VQConfig.from_dict", __name__), raw_config=config, subfolder=subfolder,
+                     weights=DIFFUSERS_WEIGHTS, renames=lazy(".blocks:LEGACY_ATTENTION_RENAMES", __name__),
+                     convert=lazy(".blocks:flatten_conv_attention", __name__))
 
 #: The commit each repo is pinned to, as in the other built-in plugins: hashes found in public material that records
 #: them (Hub cache snapshot paths in published code); None where no commit could be verified offline: those fetch
@@ -112,7 +133,7 @@ ENTRIES = (
     ModelEntry(
         name="vqvae-digits", family="vq-vae", interface="autoencoder", build=build_vq,
         components=(vq_component(json.loads((VQ_DIGITS_DIR / "config.json").read_text()), subfolder=""),),
-        local_dir=VQ_DIGITS_DIR, train=train_vq.train, paper=VQVAE_PAPER, result=VQ_DIGITS_RESULT,
+        local_dir=VQ_DIGITS_DIR, train=train_vq, paper=VQVAE_PAPER, result=VQ_DIGITS_RESULT,
         license="BSD-3-Clause (data: scikit-learn digits); weights: Apache-2.0",
         description="A small VQ-VAE trained by zoo on scikit-learn's handwritten digits (16x16 greyscale; photos "
                     "enter as their luma), shipped in the package: a 4x4 grid of 128 codes per digit, EMA codebook "

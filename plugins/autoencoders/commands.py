@@ -16,9 +16,7 @@ import zoo
 from zoo.cli import add_model_options, create_from_args, image_files
 from zoo.errors import ZooError
 from zoo.image import check_image_output, save_grid
-from zoo.registry import Command
 
-from .common import psnr
 
 
 def _size(text: str) -> int | tuple[int, int]:
@@ -32,7 +30,7 @@ def _size(text: str) -> int | tuple[int, int]:
     return parts[0] if len(parts) == 1 else (parts[0], parts[1])
 
 
-def _arguments(parser: argparse.ArgumentParser) -> None:
+def arguments(parser: argparse.ArgumentParser) -> None:
     add_model_options(parser)
     parser.add_argument("images", nargs="+", metavar="IMAGE")
     parser.add_argument("-o", "--output", default="recon.png", help="grid to write (default recon.png)")
@@ -78,11 +76,9 @@ def run(args: argparse.Namespace) -> None:
 
     pairs = torch.stack([inputs, recon], dim=1).flatten(0, 1)  # in0, rec0, in1, rec1, ...
     save_grid(pairs, args.output, nrow=2, scale=1)
+    from .common import psnr
+
     for path, value in zip(images, psnr(inputs, recon).tolist()):
         print(f"{path}: PSNR {value:.2f} dB")
     print(f"wrote {args.output}: {len(images)} image(s) at {x.shape[-2]}x{x.shape[-1]} through {args.name} "
           f"in {seconds:.1f} s (input left, reconstruction right)")
-
-
-RECONSTRUCT = Command("reconstruct", run, "encode and decode images with an autoencoder; write input beside output",
-                      _arguments)

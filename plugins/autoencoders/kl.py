@@ -42,10 +42,10 @@ import torch
 from torch import Tensor, nn
 
 from zoo.loader import load_component, read_component_config
-from zoo.registry import DIFFUSERS_WEIGHTS, Component, ModelEntry, bound, check_fields
+from zoo.registry import ModelEntry, bound, check_fields
 from zoo.registry.errors import ConfigError, InvalidInputError
 
-from .blocks import ACTIVATIONS, LEGACY_ATTENTION_RENAMES, Decoder, Encoder, flatten_conv_attention
+from .blocks import ACTIVATIONS, Decoder, Encoder
 from .common import ImageAutoencoder, check_blocks, config_dict, config_kwargs
 from .tiling import tiled
 
@@ -273,14 +273,6 @@ class AutoencoderKL(ImageAutoencoder):
 # ---------------------------------------------------------------------------------------------------------------
 # Registry glue
 # ---------------------------------------------------------------------------------------------------------------
-
-def kl_component(config: dict[str, Any], subfolder: str = "") -> Component:
-    """The VAE of a diffusers repo: ``config.json`` + ``diffusion_pytorch_model.*`` in ``subfolder``, legacy
-    attention names and 1x1-conv-shaped projections converted. ``config``: the published ``config.json``."""
-    return Component(name="vae", build=AutoencoderKL, read_config=KLConfig.from_dict,
-                     config=KLConfig.from_dict(config), subfolder=subfolder, weights=DIFFUSERS_WEIGHTS,
-                     renames=LEGACY_ATTENTION_RENAMES, convert=flatten_conv_attention)
-
 
 def run_dtype(dtype: torch.dtype, force_upcast: bool) -> torch.dtype:
     """float16 becomes float32 for a VAE whose config says ``force_upcast`` (its activations overflow in float16;

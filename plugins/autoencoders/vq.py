@@ -31,10 +31,10 @@ import torch
 from torch import Tensor, nn
 
 from zoo.loader import load_component
-from zoo.registry import DIFFUSERS_WEIGHTS, Component, ModelEntry, bound, check_fields
+from zoo.registry import ModelEntry, bound, check_fields
 from zoo.registry.errors import InvalidInputError, UnsupportedError
 
-from .blocks import ACTIVATIONS, LEGACY_ATTENTION_RENAMES, Decoder, Encoder, flatten_conv_attention
+from .blocks import ACTIVATIONS, Decoder, Encoder
 from .common import ImageAutoencoder, check_blocks, config_dict, config_kwargs, entropy_perplexity
 
 #: at most this many distances are held at once while quantising (64 MiB of float32): a 256x256 VQ-f4 image has
@@ -238,13 +238,6 @@ class VQModel(ImageAutoencoder):
 # ---------------------------------------------------------------------------------------------------------------
 # Registry glue
 # ---------------------------------------------------------------------------------------------------------------
-
-def vq_component(config: dict[str, Any], subfolder: str = "vqvae") -> Component:
-    """The VQ-VAE of a diffusers repo (``vqvae/`` in LDM pipelines), legacy attention names converted."""
-    return Component(name="vqvae", build=VQModel, read_config=VQConfig.from_dict, config=VQConfig.from_dict(config),
-                     subfolder=subfolder, weights=DIFFUSERS_WEIGHTS, renames=LEGACY_ATTENTION_RENAMES,
-                     convert=flatten_conv_attention)
-
 
 def build_vq(entry: ModelEntry, files: Path | None, *, device: torch.device | str = "cpu",
              dtype: torch.dtype = torch.float32) -> VQModel:

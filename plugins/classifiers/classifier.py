@@ -5,9 +5,9 @@ timm already implements these architectures; what zoo adds is the Classifier con
 classification) and loading from either published layout through ``zoo.loader``:
 
 * timm's own repos (``timm/<arch>.<tag>``): ``config.json`` names the architecture and carries the
-  preprocessing (``pretrained_cfg``); the state dict is timm's. :func:`timm_component`.
+  preprocessing (``pretrained_cfg``); the state dict is timm's (``zoo.plugins.classifiers.timm_component``).
 * transformers' repos (``google/vit-*``, ``microsoft/swin-*``): the family maps the HF ``config.json`` to the timm
-  module's arguments and renames the state dict (its own ``hf_component``); preprocessing comes from
+  module's arguments and renames the state dict (``zoo.plugins.classifiers.hf_component``); preprocessing comes from
   ``preprocessor_config.json``, labels from ``id2label``.
 
     clf = zoo.create("vit-b16")
@@ -27,14 +27,11 @@ from torch import Tensor, nn
 from zoo.errors import WeightsMismatchError
 from zoo.loader import load_component, read_component_config
 from zoo.preprocess import ImagePreprocess, ProcessorDefaults
-from zoo.registry import Classifier, Component, ModelEntry
+from zoo.registry import Classifier, ModelEntry
 from zoo.registry.errors import ArgumentTypeError, InvalidInputError
 from zoo.weights import read_json
 
 Features = Literal["pooled", "tokens", "stages"]
-
-#: a transformers classifier repo's files besides its model component (config.json and the weights).
-HF_FILES = ("preprocessor_config.json",)
 
 
 class ImageClassifier(Classifier):
@@ -100,6 +97,9 @@ class ImageClassifier(Classifier):
 
     #: the timm ``config.json`` this model was loaded from (timm-format repos; None for transformers-format ones)
     timm_config: dict[str, Any] | None = None
+    #: the transformers ``config.json`` and ``preprocessor_config.json`` it was loaded from (transformers-format)
+    hf_config: dict[str, Any] | None = None
+    preprocessor_config: dict[str, Any] | None = None
 
     def pretrained_config(self, component: str) -> dict[str, Any]:
         """The ``config.json`` ``zoo.save_pretrained`` writes for the ``model`` component: timm's own layout
@@ -107,9 +107,10 @@ class ImageClassifier(Classifier):
         img_size included), so ``timm.create_model(architecture, pretrained=True, ...)`` reads the saved folder."""
         from zoo.errors import ZooError
 
+        if component == "model" and self.timm_config is None and self.hf_config is not None:
+            return dict(self.hf_config)  # transformers' layout: the repo's own config (the head is the repo's)
         if component != "model" or self.timm_config is None:
-            raise ZooError(f"{self.name or 'this classifier'} was loaded from a transformers-format repo; zoo saves "
-                           f"timm-format classifiers only (for now)")
+            raise ZooError(f"{self.name or 'this classifier'} holds no config zoo can write for {component!r}")
         config = {k: v for k, v in self.timm_config.items() if k not in ("label_names", "label_descriptions")}
         config.update(num_classes=self.model.num_classes, num_features=self.model.num_features,
                       global_pool=self.model.global_pool)
@@ -212,12 +213,6 @@ def build_timm_module(spec: Mapping[str, Any]) -> nn.Module:
                              global_pool=spec["global_pool"], **spec["model_args"])
 
 
-def timm_component(architecture: str, *, num_classes: int = 1000, global_pool: str | None = None) -> Component:
-    """The one component of a timm repo: ``config.json`` + ``model.safetensors`` in timm's own names."""
-    spec = {"architecture": architecture, "num_classes": num_classes, "global_pool": global_pool, "model_args": {}}
-    return Component(name="model", build=build_timm_module, read_config=read_timm_config, config=spec)
-
-
 def timm_checkpoint_filter(spec: Mapping[str, Any]) -> Callable[[dict], dict]:
     """The conversion ``timm.create_model(..., pretrained=True)`` applies to a checkpoint for a module built with
     other arguments than it was trained at (``img_size``): the architecture module's own ``checkpoint_filter_fn``
@@ -282,7 +277,7 @@ def build_timm_classifier(entry: ModelEntry, files: Path | None, *, device: torc
     if spec["architecture"] is None:  # not "a None checkpoint": say what is missing
         import zoo
 
-        others = [n for n in zoo.list_models(family=entry.family) if zoo.get_entry(n).build is not entry.build]
+        others = [n for n in zoo.list_models(family=entry.family) if zoo.get_entry(n).build != entry.build]
         raise WeightsMismatchError(
             f"{files}/config.json names no timm architecture (it has no \"architecture\" key), so it is not a "
             f"timm-format repo, which {entry.name!r} loads" + (f"; a transformers-format folder loads with "
@@ -340,13 +335,7 @@ def build_hf_classifier(entry: ModelEntry, files: Path | None, *, device: torch.
     prep = read_json(files / "preprocessor_config.json") if files else dict(entry.preprocessing)
     model = load_component(component, files, device=device, dtype=dtype)
     args = read_component_config(component, files)
-    return ImageClassifier(model, ImagePreprocess.from_hf_preprocessor(prep, processor_defaults),
-                           class_names(args["num_classes"], config), hierarchical=hierarchical, name=entry.name)
-
-
-def hf_component(build: Callable[[dict], nn.Module], read_config: Callable[[dict], dict], offline_config: dict, *,
-                 renames, convert, ignore: tuple[str, ...] = ()) -> Component:
-    """The one component of a transformers classifier repo, converted onto a timm module."""
-    return Component(name="model", build=build, read_config=read_config, config=read_config(offline_config),
-                     renames=tuple(renames), convert=convert, ignore=ignore)
-
+    classifier = ImageClassifier(model, ImagePreprocess.from_hf_preprocessor(prep, processor_defaults),
+                                 class_names(args["num_classes"], config), hierarchical=hierarchical, name=entry.name)
+    classifier.hf_config, classifier.preprocessor_config = config, prep
+    return classifier

@@ -4,11 +4,10 @@ from __future__ import annotations
 import argparse
 
 from zoo.cli import add_model_options, create_from_args, image_files, positive_int, require
-from zoo.registry import Command
 
 
 
-def _arguments(parser: argparse.ArgumentParser) -> None:
+def arguments(parser: argparse.ArgumentParser) -> None:
     add_model_options(parser)
     parser.add_argument("images", nargs="+", metavar="IMAGE")
     parser.add_argument("--top-k", type=positive_int, default=5, metavar="K", help="classes per image (default 5)")
@@ -22,6 +21,3 @@ def run(args: argparse.Namespace) -> None:
         print(image)
         for label, p in top:
             print(f"  {p:7.2%}  {label}")
-
-
-CLASSIFY = Command("classify", run, "top-k classes of images", _arguments)

@@ -31,13 +31,12 @@ import torch
 from torch import Tensor, nn
 
 from zoo.errors import WeightsMismatchError
-from zoo.registry import Component, ModelEntry, Renames
+from zoo.registry import ModelEntry, Renames
+from zoo.weights import fuse_qkv, invert_renames, rename, split_qkv
 from zoo.registry.errors import UnsupportedError
-from zoo.weights import fuse_qkv
 
 
-from .classifier import (HF_FILES, ImageClassifier, build_hf_classifier, build_timm_classifier, hf_component,
-                         hf_num_classes, timm_component)
+from .classifier import ImageClassifier, build_hf_classifier, build_timm_classifier, hf_num_classes
 
 _BLOCK = r"swin\.encoder\.layers\.(\d+)\.blocks\.(\d+)"
 
@@ -82,6 +81,16 @@ def convert_hf(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
+#: timm's names -> transformers', for ``save_pretrained`` of a transformers-format entry
+TIMM_TO_HF = invert_renames(HF_TO_TIMM)
+
+
+def timm_to_hf(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The inverse of loading a transformers Swin: q/k/v split apart, timm's names -> transformers' (the
+    ``relative_position_index`` buffers, which timm and transformers both recompute, are not written)."""
+    return rename(split_qkv(state_dict), TIMM_TO_HF)
+
+
 def timm_args_from_hf(config: dict[str, Any]) -> dict[str, Any]:
     """A transformers ``SwinConfig`` dict -> ``SwinTransformer`` keyword arguments (defaults as SwinConfig's)."""
     if config.get("hidden_act", "gelu") != "gelu":
@@ -105,11 +114,6 @@ def swin_module(args: dict[str, Any]) -> nn.Module:
     args = dict(args)
     eps = args.pop("norm_eps")
     return SwinTransformer(**args, norm_layer=partial(nn.LayerNorm, eps=eps))
-
-
-def hf_swin_component(offline_config: dict[str, Any]) -> Component:
-    """A transformers Swin repo's model: HF config -> timm arguments, HF names -> timm's (:data:`HF_TO_TIMM`)."""
-    return hf_component(swin_module, timm_args_from_hf, offline_config, renames=HF_TO_TIMM, convert=convert_hf)
 
 
 def build_hf(entry: ModelEntry, files: Path | None, *, device: torch.device, dtype: torch.dtype) -> ImageClassifier:
@@ -147,62 +151,3 @@ def fused_attention(clf: ImageClassifier) -> ImageClassifier:
         if isinstance(module, WindowAttention):
             module.fused_attn = True
     return clf
-
-
-# -- the entries: pretrained configs as data beside the model ---------------------------------------------------
-
-#: Pinned commits, found as for zoo.plugins.vit.REVISIONS; None where none could be verified offline.
-REVISIONS: dict[str, str | None] = {
-    "timm/swin_tiny_patch4_window7_224.ms_in1k": "4cc3a7275b50b53a7bec45f32c236ebe64227cff",
-    "timm/swin_small_patch4_window7_224.ms_in1k": None,
-    "timm/swin_base_patch4_window7_224.ms_in22k_ft_in1k": "a6a1eb2321b4f556fa0fa243fb777d47679f13c9",
-    "timm/swin_large_patch4_window7_224.ms_in22k_ft_in1k": None,
-    "microsoft/swin-tiny-patch4-window7-224": None,
-}
-
-SWIN_PAPER = ("Liu et al. 2021, Swin Transformer: Hierarchical Vision Transformer using Shifted Windows, "
-              "arXiv:2103.14030")
-
-#: timm's ``pretrained_cfg`` of the Microsoft Swin weights at 224 (identical across sizes; checked against timm's
-#: registry in the tests). Used when building without files; with files, the repo's own config.json wins.
-MS_PREPROCESSING = {"input_size": [3, 224, 224], "interpolation": "bicubic", "crop_pct": 0.9, "crop_mode": "center",
-                    "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "num_classes": 1000}
-
-# (name, timm architecture, tag, what the weights are, published ImageNet-1k result)
-_TIMM = [
-    ("swin-t", "swin_tiny_patch4_window7_224", "ms_in1k", "Swin-T, ImageNet-1k",
-     "ImageNet-1k val top-1 81.376, top-5 95.544 (timm results csv); paper: 81.2"),
-    ("swin-s", "swin_small_patch4_window7_224", "ms_in1k", "Swin-S, ImageNet-1k", ""),
-    ("swin-b", "swin_base_patch4_window7_224", "ms_in22k_ft_in1k", "Swin-B, ImageNet-22k pre-trained, 1k fine-tuned",
-     ""),
-    ("swin-l", "swin_large_patch4_window7_224", "ms_in22k_ft_in1k", "Swin-L, ImageNet-22k pre-trained, 1k fine-tuned",
-     ""),
-]
-
-
-def _timm_entry(name: str, arch: str, tag: str, what: str, result: str) -> ModelEntry:
-    repo = f"timm/{arch}.{tag}"
-    return ModelEntry(
-        name=name, family="swin", interface="classifier", build=build_timm, repo_id=repo, revision=REVISIONS[repo],
-        components=(timm_component(arch, num_classes=1000, global_pool="avg"),),
-        preprocessing=MS_PREPROCESSING, license="mit", paper=SWIN_PAPER, result=result,
-        description=f"{what} classifier, window 7, 224 (timm {arch}.{tag}, original Microsoft weights)")
-
-
-#: the architecture of the repo's config.json, for pretrained=False (the repo's own file wins otherwise)
-HF_CONFIG = {"embed_dim": 96, "depths": [2, 2, 6, 2], "num_heads": [3, 6, 12, 24], "window_size": 7,
-             "mlp_ratio": 4.0, "patch_size": 4, "image_size": 224, "num_channels": 3, "qkv_bias": True,
-             "hidden_act": "gelu", "layer_norm_eps": 1e-5, "use_absolute_embeddings": False, "num_labels": 1000}
-
-ENTRIES: list[ModelEntry] = [*(_timm_entry(*row) for row in _TIMM), ModelEntry(
-    name="swin-t-ms", family="swin", interface="classifier", build=build_hf,
-    repo_id="microsoft/swin-tiny-patch4-window7-224", revision=REVISIONS["microsoft/swin-tiny-patch4-window7-224"],
-    files=HF_FILES,
-    config=HF_CONFIG, components=(hf_swin_component(HF_CONFIG),),
-    preprocessing={"do_normalize": True, "do_resize": True, "feature_extractor_type": "ViTFeatureExtractor",
-                   "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225], "resample": 3,
-                   "size": 224},
-    license="apache-2.0", paper=SWIN_PAPER,
-    result="ImageNet-1k top-1 81.2 (paper); timm's eval of the same weights: 81.376",
-    description="Swin-T ImageNet-1k classifier, the Microsoft weights in transformers format "
-                "(squash-resize 224, bicubic, no centre crop)")]

@@ -12,32 +12,20 @@ Every entry implements ``zoo.registry.Encoder`` and ``TextEncoder`` (interface `
 layouts per family: transformers (``config.json`` + ``model.safetensors``) and open_clip (``open_clip_config.json``
 + ``open_clip_model.safetensors``). Both load into the same model classes (``clip.py``, ``siglip.py``), each layout
 being one ``Component`` there (rename table and conversion beside the model); tokenizers and preprocessing come
-from each repo's own files. The ``zero-shot`` and ``embed`` commands are this plugin's (``commands.py``).
+from each repo's own files. The ``zero-shot`` command is this plugin's (``commands.py``).
 """
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Any
 
-import torch
+from zoo.registry import MODEL_WEIGHTS, Command, Component, ModelEntry, hookimpl, lazy
 
-from zoo.loader import component_dir, load_component
-from zoo.preprocess import ImagePreprocess, ProcessorDefaults
-from zoo.registry import Component, ModelEntry, hookimpl
-from zoo.registry.errors import UnsupportedError
-from zoo.weights import read_json
+ZERO_SHOT = Command("zero-shot", lazy(".commands:zero_shot", __name__), "zero-shot classification against text labels",
+                    lazy(".commands:zero_shot_arguments", __name__))
 
-from . import clip as clip_arch
-from . import siglip as siglip_arch
-from .bpe import CLIPTokenizer
-from .clip import CLIP, CLIPConfig, ImageTextModel, TowerConfig
-from .commands import COMMANDS
-from .siglip import SigLIP, SigLIPConfig
-from .spm import SigLIPTokenizer
-
-__all__ = ["CLIP", "CLIPConfig", "CLIPTokenizer", "CLIP_PROCESSOR", "ENTRIES", "ImageTextModel", "SIGLIP_PROCESSOR",
-           "SigLIP", "SigLIPConfig", "SigLIPTokenizer", "build", "zoo_commands", "zoo_models"]
+#: the builder (``build.py``: model, tokenizer and preprocessing from a repo), imported when a model is created.
+build = lazy(".build:build", __name__)
 
 #: Pinned commits, found in public material that records them (code pinning ``revision=``, Hub cache snapshot
 #: paths); None where none could be verified offline: zoo then fetches main and warns (see zoo.hub.fetch).
@@ -56,10 +44,31 @@ REVISIONS: dict[str, str | None] = {
     "timm/ViT-B-16-SigLIP": "41f575766f40e752fdd1383e9565b7f02388c1c4",
 }
 
+#: open_clip's weight files; some laion repos name the safetensors copy open_clip_pytorch_model.safetensors
+OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
+                     "open_clip_pytorch_model.bin")
+
+
+def _component(module: str, model: str, layout: str, renames: str, convert: str) -> Component:
+    """The model of one layout, as ``zoo.loader.load_component`` builds it; the rename tables and conversions are
+    beside the model (``clip.py``, ``siglip.py``). transformers: ``config.json`` + ``model.safetensors``;
+    open_clip: ``open_clip_config.json`` + ``open_clip_model.safetensors``."""
+    def code(attr: str) -> Any:  # an attribute of the model's module, or a full "module:attr" target
+        return lazy(attr if ":" in attr else f".{module}:{attr}", __name__)
+
+    files = (dict(weights=MODEL_WEIGHTS) if layout == "transformers"
+             else dict(config_file="open_clip_config.json", weights=OPEN_CLIP_WEIGHTS))
+    return Component(name="model", build=code(model), read_config=code(f"{model}Config.from_{layout}"),
+                     renames=code(renames), convert=code(convert), ignore=lazy(".clip:IGNORED", __name__), **files)
+
+
 #: each layout's model component, by family; an entry adds its config (what ``pretrained=False`` builds).
 COMPONENTS: dict[str, dict[str, Component]] = {
-    "clip": {"transformers": clip_arch.TRANSFORMERS_COMPONENT, "open_clip": clip_arch.OPEN_CLIP_COMPONENT},
-    "siglip": {"transformers": siglip_arch.TRANSFORMERS_COMPONENT, "open_clip": siglip_arch.OPEN_CLIP_COMPONENT},
+    "clip": {"transformers": _component("clip", "CLIP", "transformers", "TRANSFORMERS_CLIP", "zoo.weights:fuse_qkv"),
+             "open_clip": _component("clip", "CLIP", "open_clip", "OPEN_CLIP", "transpose_projections")},
+    "siglip": {"transformers": _component("siglip", "SigLIP", "transformers", "TRANSFORMERS_SIGLIP",
+                                          "convert_transformers"),
+               "open_clip": _component("siglip", "SigLIP", "open_clip", "OPEN_CLIP_SIGLIP", "squeeze_pos_embed")},
 }
 # CLIP's BPE: vocab.json + merges.txt, or tokenizer.json alone (which then fills both slots)
 BPE_FILES = (("vocab.json", "tokenizer.json"), ("merges.txt", "tokenizer.json"))
@@ -77,14 +86,6 @@ CLIP_PREPROCESSING = {"size": 224, "resize_mode": "shortest", "interpolation": "
 SIGLIP_PREPROCESSING = {"size": 224, "resize_mode": "squash", "interpolation": "bicubic", "mean": (0.5, 0.5, 0.5),
                         "std": (0.5, 0.5, 0.5)}
 
-#: what transformers' CLIPImageProcessor and SiglipImageProcessor assume for keys a preprocessor_config.json leaves
-#: out (their class attributes); a bare int size is the shorter edge for both (``default_to_square = False``).
-CLIP_PROCESSOR = ProcessorDefaults(resample=3, size={"shortest_edge": 224}, do_center_crop=True, crop_size=224,
-                                   mean=OPENAI_MEAN, std=OPENAI_STD, default_to_square=False)
-SIGLIP_PROCESSOR = ProcessorDefaults(resample=3, size={"height": 224, "width": 224}, do_center_crop=False,
-                                     crop_size=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), default_to_square=False)
-PROCESSORS = {"clip": CLIP_PROCESSOR, "siglip": SIGLIP_PROCESSOR}
-
 CLIP_PAPER = ("Radford et al. 2021, Learning Transferable Visual Models From Natural Language Supervision, "
               "arXiv:2103.00020")
 LAION_PAPER = ("Cherti et al. 2023, Reproducible scaling laws for contrastive language-image learning, "
@@ -92,130 +93,68 @@ LAION_PAPER = ("Cherti et al. 2023, Reproducible scaling laws for contrastive la
 SIGLIP_PAPER = "Zhai et al. 2023, Sigmoid Loss for Language Image Pre-Training, arXiv:2303.15343"
 
 
-# -- building -------------------------------------------------------------------------------------------------------
-
-
-def build(entry: ModelEntry, files: Path | None, *, device: torch.device, dtype: torch.dtype,
-          act: str | None = None) -> ImageTextModel:
-    """Build ``entry`` from a directory in its repo's layout (``files``), or with random weights (``None``).
-
-    ``act`` overrides the activation, e.g. ``act="gelu"`` runs SigLIP with the exact GELU of timm/open_clip.
-    """
-    part = entry.component("model")
-    raw = read_json(component_dir(files, part) / part.config_file) if files is not None else {}
-    cfg = part.read_config(raw) if files is not None else part.config
-    if act is not None:
-        cfg = dataclasses.replace(cfg, act=clip_arch.canonical_activation(act))
-    model = load_component(part, files, device=device, dtype=dtype, config=cfg)
-    model.name = entry.name
-    model.tokenizer = tokenizer(entry, files, cfg) if files is not None else None
-    model.transform = preprocessing(entry, files, raw, cfg.image_size)
-    return model
-
-
-def tokenizer(entry: ModelEntry, files: Path, cfg: CLIPConfig | SigLIPConfig) -> CLIPTokenizer | SigLIPTokenizer:
-    """The checkpoint's own tokenizer, from its files."""
-    if entry.family == "siglip":
-        return SigLIPTokenizer.from_files(files, context_length=cfg.context_length)
-    # open_clip pads CLIP text with 0 (transformers' files say <|endoftext|>; the embedding is the same)
-    pad_id = 0 if entry.config["layout"] == "open_clip" else None
-    return CLIPTokenizer.from_files(files, context_length=cfg.context_length, pad_id=pad_id)
-
-
-def preprocessing(entry: ModelEntry, files: Path | None, raw: dict[str, Any], image_size: int) -> ImagePreprocess:
-    """The checkpoint's own image preprocessing: transformers' ``preprocessor_config.json`` (read with the family's
-    processor defaults), open_clip's ``preprocess_cfg`` (in ``raw``, its config), or without files the entry's."""
-    if files is not None and entry.config["layout"] == "transformers":
-        return ImagePreprocess.from_hf_preprocessor(read_json(files / "preprocessor_config.json"),
-                                                    defaults=PROCESSORS[entry.family])
-    return open_clip_transform(raw.get("preprocess_cfg", entry.preprocessing), image_size)
-
-
-def open_clip_transform(pre: dict[str, Any], image_size: int) -> ImagePreprocess:
-    """open_clip's eval transform (``image_transform(is_train=False)``) from a ``preprocess_cfg``: shorter edge to
-    ``size`` and a centre crop, or a squash-resize to ``size x size``; then ``/255`` and normalise."""
-    size = pre.get("size") or image_size  # open_clip fills it from the image tower's size
-    size = int(size[0] if isinstance(size, (list, tuple)) else size)
-    mode = pre.get("resize_mode", "shortest")
-    if mode not in ("shortest", "squash"):
-        raise UnsupportedError(f"open_clip resize_mode {mode!r} (zoo implements 'shortest' and 'squash')")
-    return ImagePreprocess(
-        size=(size, size), resize=size if mode == "shortest" else (size, size),
-        crop=(size, size) if mode == "shortest" else None,
-        interpolation=pre.get("interpolation", "bicubic"), mean=tuple(pre.get("mean", OPENAI_MEAN)),
-        std=tuple(pre.get("std", OPENAI_STD)), crop_rounding=pre.get("crop_rounding", "round"))
-
-
 # -- the entries ----------------------------------------------------------------------------------------------------
 
 
-def _entry(family: str, layout: str, cfg: CLIPConfig | SigLIPConfig, **fields: Any) -> ModelEntry:
+def _entry(family: str, layout: str, config: str, **fields: Any) -> ModelEntry:
+    module = "clip" if family == "clip" else "siglip"
     return ModelEntry(family=family, interface="image-text", build=build, revision=REVISIONS[fields["repo_id"]],
-                      components=(dataclasses.replace(COMPONENTS[family][layout], config=cfg),),
+                      components=(dataclasses.replace(COMPONENTS[family][layout],
+                                                      config=lazy(f".{module}:{config}", __name__)),),
                       files=FILES[family][layout], config={"layout": layout}, **fields)
 
 
-def _clip(name: str, repo: str, layout: str, cfg: CLIPConfig, result: str, description: str, *,
+def _clip(name: str, repo: str, layout: str, config: str, size: int, result: str, description: str, *,
           license: str = "mit", paper: str = CLIP_PAPER) -> ModelEntry:
-    pre = {**CLIP_PREPROCESSING, "size": cfg.image_size,
-           "crop_rounding": "floor" if layout == "transformers" else "round"}
-    return _entry("clip", layout, cfg, name=name, repo_id=repo, preprocessing=pre, license=license, paper=paper,
+    """A CLIP entry: ``config`` names the published architecture in ``clip.py``, ``size`` its image size."""
+    pre = {**CLIP_PREPROCESSING, "size": size, "crop_rounding": "floor" if layout == "transformers" else "round"}
+    return _entry("clip", layout, config, name=name, repo_id=repo, preprocessing=pre, license=license, paper=paper,
                   result=result, description=description)
 
 
-def _siglip(name: str, repo: str, layout: str, cfg: SigLIPConfig, result: str, description: str) -> ModelEntry:
-    return _entry("siglip", layout, cfg, name=name, repo_id=repo,
-                  preprocessing={**SIGLIP_PREPROCESSING, "size": cfg.image_size}, license="apache-2.0",
+def _siglip(name: str, repo: str, layout: str, config: str, size: int, result: str, description: str) -> ModelEntry:
+    """A SigLIP entry: ``config`` names the published architecture in ``siglip.py``, ``size`` its image size."""
+    return _entry("siglip", layout, config, name=name, repo_id=repo,
+                  preprocessing={**SIGLIP_PREPROCESSING, "size": size}, license="apache-2.0",
                   paper=SIGLIP_PAPER, result=result, description=description)
 
 
-_B32 = CLIPConfig()
-_B16 = dataclasses.replace(_B32, patch_size=16)
-_L14 = CLIPConfig(embed_dim=768, patch_size=14, vision=TowerConfig(1024, 24, 16, 4096),
-                  text=TowerConfig(768, 12, 12, 3072))
-_H14 = CLIPConfig(embed_dim=1024, patch_size=14, vision=TowerConfig(1280, 32, 16, 5120),
-                  text=TowerConfig(1024, 24, 16, 4096), act="gelu")
-_SIG_B16 = SigLIPConfig()
-_SIG_L16 = SigLIPConfig(image_size=256, vision=TowerConfig(1024, 24, 16, 4096), text=TowerConfig(1024, 24, 16, 4096),
-                        embed_dim=1024)
-_SIG_SO400M = SigLIPConfig(image_size=384, patch_size=14, vision=TowerConfig(1152, 27, 16, 4304),
-                           text=TowerConfig(1152, 27, 16, 4304), embed_dim=1152)
 _IN1K = "ImageNet-1k zero-shot top-1"
 
 ENTRIES: list[ModelEntry] = [
-    _clip("clip-vit-b32", "openai/clip-vit-base-patch32", "transformers", _B32,
+    _clip("clip-vit-b32", "openai/clip-vit-base-patch32", "transformers", "B32", 224,
           f"{_IN1K} 63.2% (CLIP paper, 80-prompt ensemble)", "OpenAI CLIP ViT-B/32 (transformers format)"),
-    _clip("clip-vit-b16", "openai/clip-vit-base-patch16", "transformers", _B16,
+    _clip("clip-vit-b16", "openai/clip-vit-base-patch16", "transformers", "B16", 224,
           f"{_IN1K} 68.3% (CLIP paper, 80-prompt ensemble) (source not checked offline)",
           "OpenAI CLIP ViT-B/16 (transformers format)"),
-    _clip("clip-vit-l14", "openai/clip-vit-large-patch14", "transformers", _L14,
+    _clip("clip-vit-l14", "openai/clip-vit-large-patch14", "transformers", "L14", 224,
           f"{_IN1K} 75.3% (CLIP paper, 80-prompt ensemble)", "OpenAI CLIP ViT-L/14 at 224 (transformers format)"),
-    _clip("clip-vit-l14-336", "openai/clip-vit-large-patch14-336", "transformers",
-          dataclasses.replace(_L14, image_size=336), f"{_IN1K} 76.2% (CLIP paper, 80-prompt ensemble)",
+    _clip("clip-vit-l14-336", "openai/clip-vit-large-patch14-336", "transformers", "L14_336", 336,
+          f"{_IN1K} 76.2% (CLIP paper, 80-prompt ensemble)",
           "OpenAI CLIP ViT-L/14 at 336 (transformers format)"),
-    _clip("clip-vit-b32-laion2b", "laion/CLIP-ViT-B-32-laion2B-s34B-b79K", "open_clip",
-          dataclasses.replace(_B32, act="gelu"), f"{_IN1K} 66.6% (model card)",
+    _clip("clip-vit-b32-laion2b", "laion/CLIP-ViT-B-32-laion2B-s34B-b79K", "open_clip", "B32_GELU", 224,
+          f"{_IN1K} 66.6% (model card)",
           "OpenCLIP ViT-B/32 trained on LAION-2B (open_clip format, exact GELU)", paper=LAION_PAPER),
-    _clip("clip-vit-l14-laion2b", "laion/CLIP-ViT-L-14-laion2B-s32B-b82K", "open_clip",
-          dataclasses.replace(_L14, act="gelu"), f"{_IN1K} 75.3% (model card) (source not checked offline)",
+    _clip("clip-vit-l14-laion2b", "laion/CLIP-ViT-L-14-laion2B-s32B-b82K", "open_clip", "L14_GELU", 224,
+          f"{_IN1K} 75.3% (model card) (source not checked offline)",
           "OpenCLIP ViT-L/14 trained on LAION-2B (open_clip format, exact GELU)", paper=LAION_PAPER),
-    _clip("clip-vit-h14-laion2b", "laion/CLIP-ViT-H-14-laion2B-s32B-b79K", "open_clip", _H14,
+    _clip("clip-vit-h14-laion2b", "laion/CLIP-ViT-H-14-laion2B-s32B-b79K", "open_clip", "H14", 224,
           f"{_IN1K} 78.0% (model card) (source not checked offline)",
           "OpenCLIP ViT-H/14 trained on LAION-2B (open_clip format, exact GELU)",
           paper=LAION_PAPER),
-    _siglip("siglip-b16", "google/siglip-base-patch16-224", "transformers", _SIG_B16,
+    _siglip("siglip-b16", "google/siglip-base-patch16-224", "transformers", "SIG_B16", 224,
             f"{_IN1K} 76.2% (big_vision)", "SigLIP ViT-B/16 at 224, WebLI (transformers format)"),
-    _siglip("siglip-b16-timm", "timm/ViT-B-16-SigLIP", "open_clip", _SIG_B16,
+    _siglip("siglip-b16-timm", "timm/ViT-B-16-SigLIP", "open_clip", "SIG_B16", 224,
             f"{_IN1K} 76.2% (big_vision; open_clip's eval ~76.0 with exact GELU)",
             "SigLIP ViT-B/16 at 224, the same weights in open_clip/timm format (run with big_vision's tanh GELU; "
             "act='gelu' for open_clip's)"),
-    _siglip("siglip-b16-384", "google/siglip-base-patch16-384", "transformers",
-            dataclasses.replace(_SIG_B16, image_size=384), f"{_IN1K} 78.6% (big_vision) (source not checked offline)",
+    _siglip("siglip-b16-384", "google/siglip-base-patch16-384", "transformers", "SIG_B16_384", 384,
+            f"{_IN1K} 78.6% (big_vision) (source not checked offline)",
             "SigLIP ViT-B/16 at 384, WebLI (transformers format)"),
-    _siglip("siglip-l16-256", "google/siglip-large-patch16-256", "transformers", _SIG_L16,
+    _siglip("siglip-l16-256", "google/siglip-large-patch16-256", "transformers", "SIG_L16", 256,
             f"{_IN1K} 80.5% (big_vision) (source not checked offline)",
             "SigLIP ViT-L/16 at 256, WebLI (transformers format)"),
-    _siglip("siglip-so400m-14-384", "google/siglip-so400m-patch14-384", "transformers", _SIG_SO400M,
+    _siglip("siglip-so400m-14-384", "google/siglip-so400m-patch14-384", "transformers", "SIG_SO400M", 384,
             f"{_IN1K} 83.1% (big_vision) (source not checked offline)",
             "SigLIP So400m/14 at 384, WebLI (transformers format)"),
 ]
@@ -229,5 +168,4 @@ def zoo_models(register) -> None:
 
 @hookimpl
 def zoo_commands(register) -> None:
-    for command in COMMANDS:
-        register(command)
+    register(ZERO_SHOT)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from abc import abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, Callable, Sequence
 
@@ -23,9 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo.errors import MissingFileError
-from zoo.registry import MODEL_WEIGHTS, Component, Encoder, TextEncoder, TextFeatures
+from zoo.registry import Encoder, TextEncoder, TextFeatures
 from zoo.registry.errors import ConfigError, InvalidInputError, UnsupportedError
-from zoo.weights import fuse_qkv
 from zoo.registry.config import bound, check_fields
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
@@ -512,9 +511,6 @@ OPEN_CLIP = (
 )
 #: buffers in published files that the model recomputes (legacy transformers position ids, open_clip's mask)
 IGNORED = (r".*position_ids", r"attn_mask", r"text\.attn_mask")
-#: open_clip's weight files; some laion repos name the safetensors copy open_clip_pytorch_model.safetensors
-OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
-                     "open_clip_pytorch_model.bin")
 
 
 def transpose_projections(sd: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -523,11 +519,13 @@ def transpose_projections(sd: dict[str, Tensor]) -> dict[str, Tensor]:
     return {k: v.T.contiguous() if k in ("visual.proj.weight", "text.proj.weight") else v for k, v in sd.items()}
 
 
-#: CLIP in each published layout, as ``zoo.loader.load_component`` builds it (an entry adds its ``config``: the
-#: architecture ``pretrained=False`` builds). transformers: ``config.json`` + ``model.safetensors``; open_clip:
-#: ``open_clip_config.json`` + ``open_clip_model.safetensors``.
-TRANSFORMERS_COMPONENT = Component(name="model", build=CLIP, read_config=CLIPConfig.from_transformers,
-                                   weights=MODEL_WEIGHTS, renames=TRANSFORMERS_CLIP, convert=fuse_qkv, ignore=IGNORED)
-OPEN_CLIP_COMPONENT = Component(name="model", build=CLIP, read_config=CLIPConfig.from_open_clip,
-                                config_file="open_clip_config.json", weights=OPEN_CLIP_WEIGHTS, renames=OPEN_CLIP,
-                                convert=transpose_projections, ignore=IGNORED)
+# -- the published architectures (the entries in __init__.py name them) ------------------------------------------
+
+B32 = CLIPConfig()
+B16 = replace(B32, patch_size=16)
+L14 = CLIPConfig(embed_dim=768, patch_size=14, vision=TowerConfig(1024, 24, 16, 4096), text=TowerConfig(768, 12, 12, 3072))
+L14_336 = replace(L14, image_size=336)
+H14 = CLIPConfig(embed_dim=1024, patch_size=14, vision=TowerConfig(1280, 32, 16, 5120),
+                 text=TowerConfig(1024, 24, 16, 4096), act="gelu")
+#: open_clip's LAION models run the exact GELU
+B32_GELU, L14_GELU = replace(B32, act="gelu"), replace(L14, act="gelu")

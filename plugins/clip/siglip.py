@@ -13,19 +13,18 @@ What differs from CLIP (``clip.py``, whose Transformer block and text tower this
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zoo.registry import MODEL_WEIGHTS, Component
 from zoo.registry.config import bound, check_fields
 from zoo.registry.errors import InvalidInputError, UnsupportedError
 from zoo.weights import fuse_qkv
 
-from .clip import (IGNORED, MLP, OPEN_CLIP_BLOCK, OPEN_CLIP_WEIGHTS, TRANSFORMERS_BLOCK, TRANSFORMERS_TEXT,
+from .clip import (MLP, OPEN_CLIP_BLOCK, TRANSFORMERS_BLOCK, TRANSFORMERS_TEXT,
                    ImageTextModel, TextTower, TowerConfig, _blocks, _hf_tower, _one_value, _square,
                    canonical_activation)
 
@@ -230,10 +229,11 @@ def squeeze_pos_embed(sd: dict[str, Tensor]) -> dict[str, Tensor]:
     return {k: v.reshape(v.shape[-2:]) if k == "visual.pos_embed" else v for k, v in sd.items()}
 
 
-#: SigLIP in each published layout, as ``zoo.loader.load_component`` builds it (an entry adds its ``config``).
-TRANSFORMERS_COMPONENT = Component(name="model", build=SigLIP, read_config=SigLIPConfig.from_transformers,
-                                   weights=MODEL_WEIGHTS, renames=TRANSFORMERS_SIGLIP, convert=convert_transformers,
-                                   ignore=IGNORED)
-OPEN_CLIP_COMPONENT = Component(name="model", build=SigLIP, read_config=SigLIPConfig.from_open_clip,
-                                config_file="open_clip_config.json", weights=OPEN_CLIP_WEIGHTS,
-                                renames=OPEN_CLIP_SIGLIP, convert=squeeze_pos_embed, ignore=IGNORED)
+# -- the published architectures (the entries in __init__.py name them) ------------------------------------------
+
+SIG_B16 = SigLIPConfig()
+SIG_B16_384 = replace(SIG_B16, image_size=384)
+SIG_L16 = SigLIPConfig(image_size=256, vision=TowerConfig(1024, 24, 16, 4096), text=TowerConfig(1024, 24, 16, 4096),
+                       embed_dim=1024)
+SIG_SO400M = SigLIPConfig(image_size=384, patch_size=14, vision=TowerConfig(1152, 27, 16, 4304),
+                          text=TowerConfig(1152, 27, 16, 4304), embed_dim=1152)

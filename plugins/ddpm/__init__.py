@@ -21,11 +21,46 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
-from zoo.registry import ModelEntry, hookimpl
+from zoo.registry import DIFFUSERS_WEIGHTS, Component, ModelEntry, hookimpl, lazy
 
-from .model import PUBLISHED_CONFIGS, build_pipeline, unet_component
-from .train_digits import train as train_digits
+#: what builds an entry and what retrains ddpm-digits: imported when a model is created, not when listed.
+build_pipeline = lazy(".model:build_pipeline", __name__)
+train_digits = lazy(".train_digits:train", __name__)
+
+# The published configs of the google/ddpm-* repos (see their NOTES in tests/checkpoints: cifar10-32 and the 256
+# family share everything but channels, depth and the variance), so `pretrained=False` builds the architecture
+# offline; tests/test_manifests.py checks them against the repos' own files.
+_GOOGLE_UNET = {
+    "act_fn": "silu", "attention_head_dim": None, "center_input_sample": False, "downsample_padding": 0,
+    "flip_sin_to_cos": False, "freq_shift": 1, "in_channels": 3, "out_channels": 3, "layers_per_block": 2,
+    "mid_block_scale_factor": 1, "norm_eps": 1e-6, "norm_num_groups": 32, "time_embedding_type": "positional",
+}
+CIFAR10_UNET = {**_GOOGLE_UNET, "sample_size": 32, "block_out_channels": [128, 256, 256, 256],
+                "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"],
+                "up_block_types": ["UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"]}
+LSUN256_UNET = {**_GOOGLE_UNET, "sample_size": 256, "block_out_channels": [128, 128, 256, 256, 512, 512],
+                "down_block_types": ["DownBlock2D"] * 4 + ["AttnDownBlock2D", "DownBlock2D"],
+                "up_block_types": ["UpBlock2D", "AttnUpBlock2D"] + ["UpBlock2D"] * 4}
+_GOOGLE_SCHEDULER = {"beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear", "clip_sample": True,
+                     "num_train_timesteps": 1000, "trained_betas": None}
+PUBLISHED_CONFIGS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "google/ddpm-cifar10-32": (CIFAR10_UNET, {**_GOOGLE_SCHEDULER, "variance_type": "fixed_large"}),
+    **{f"google/ddpm-{name}-256": (LSUN256_UNET, {**_GOOGLE_SCHEDULER, "variance_type": "fixed_small"})
+       for name in ("celebahq", "church", "bedroom", "cat")},
+}
+
+
+def unet_component(config: dict[str, Any] | None, subfolder: str = "") -> Component:
+    """The U-Net of a diffusers DDPM repo: ``config.json`` + ``diffusion_pytorch_model.*``, legacy attention names
+    converted. ``config`` is the published ``config.json`` (for ``pretrained=False``)."""
+    return Component(name="unet", build=lazy(".unet:UNet2DModel", __name__),
+                     read_config=lazy(".unet:UNet2DConfig.from_dict", __name__), raw_config=config,
+                     subfolder=subfolder, weights=DIFFUSERS_WEIGHTS,
+                     renames=lazy(".unet:LEGACY_ATTENTION_RENAMES", __name__),
+                     convert=lazy(".model:flatten_conv_attention", __name__))
+
 
 #: The commit each repo is pinned to, as in the other built-in plugins: hashes found in public material that records
 #: them (Hub cache snapshot paths in published code); None where no commit could be verified offline: those fetch

@@ -3,7 +3,7 @@
 A folder holds ``config.json`` (the U-Net), ``scheduler_config.json`` (betas, prediction type, clipping,
 variance) and ``diffusion_pytorch_model.safetensors`` or ``.bin``, either at its root (the google/ddpm-* repos,
 zoo's ddpm-digits) or in ``unet/`` and ``scheduler/`` subfolders (what ``DDPMPipeline.save_pretrained`` writes).
-The U-Net is one component (:func:`unet_component`) that ``zoo.loader`` builds and loads like any other.
+The U-Net is one component (``zoo.plugins.ddpm.unet_component``) that ``zoo.loader`` builds and loads like any other.
 """
 from __future__ import annotations
 
@@ -16,33 +16,11 @@ from torch import Tensor
 
 from zoo.diffusion import DiffusionPipeline
 from zoo.loader import load_component
-from zoo.registry import DIFFUSERS_WEIGHTS, Autoencoder, Component, Denoiser, DiscreteVPSchedule, ModelEntry
+from zoo.registry import Autoencoder, Denoiser, DiscreteVPSchedule, ModelEntry
 from zoo.registry.errors import ArgumentTypeError, ConfigError
 from zoo.weights import read_json
 
-from .unet import LEGACY_ATTENTION_RENAMES, UNet2DConfig, UNet2DModel
-
-# The published configs of the google/ddpm-* repos (see their NOTES in tests/checkpoints: cifar10-32 and the 256
-# family share everything but channels, depth and the variance), so `pretrained=False` builds the architecture
-# offline; tests/test_manifests.py checks them against the repos' own files.
-_GOOGLE_UNET = {
-    "act_fn": "silu", "attention_head_dim": None, "center_input_sample": False, "downsample_padding": 0,
-    "flip_sin_to_cos": False, "freq_shift": 1, "in_channels": 3, "out_channels": 3, "layers_per_block": 2,
-    "mid_block_scale_factor": 1, "norm_eps": 1e-6, "norm_num_groups": 32, "time_embedding_type": "positional",
-}
-CIFAR10_UNET = {**_GOOGLE_UNET, "sample_size": 32, "block_out_channels": [128, 256, 256, 256],
-                "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"],
-                "up_block_types": ["UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"]}
-LSUN256_UNET = {**_GOOGLE_UNET, "sample_size": 256, "block_out_channels": [128, 128, 256, 256, 512, 512],
-                "down_block_types": ["DownBlock2D"] * 4 + ["AttnDownBlock2D", "DownBlock2D"],
-                "up_block_types": ["UpBlock2D", "AttnUpBlock2D"] + ["UpBlock2D"] * 4}
-_GOOGLE_SCHEDULER = {"beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear", "clip_sample": True,
-                     "num_train_timesteps": 1000, "trained_betas": None}
-PUBLISHED_CONFIGS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
-    "google/ddpm-cifar10-32": (CIFAR10_UNET, {**_GOOGLE_SCHEDULER, "variance_type": "fixed_large"}),
-    **{f"google/ddpm-{name}-256": (LSUN256_UNET, {**_GOOGLE_SCHEDULER, "variance_type": "fixed_small"})
-       for name in ("celebahq", "church", "bedroom", "cat")},
-}
+from .unet import UNet2DModel
 
 #: diffusers' ``prediction_type`` -> zoo's name for the same parameterisation.
 PREDICTION_TYPES = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
@@ -53,14 +31,6 @@ def flatten_conv_attention(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     Linear ``(C, C)``. (A reshape, which a rename table cannot say.)"""
     return {k: v.flatten(1) if ".attentions." in k and k.endswith(".weight") and v.ndim == 4 else v
             for k, v in state_dict.items()}
-
-
-def unet_component(config: dict[str, Any] | None, subfolder: str = "") -> Component:
-    """The U-Net of a diffusers DDPM repo: ``config.json`` + ``diffusion_pytorch_model.*``, legacy attention names
-    converted. ``config`` is the published ``config.json`` (for ``pretrained=False``)."""
-    return Component(name="unet", build=UNet2DModel, read_config=UNet2DConfig.from_dict,
-                     config=UNet2DConfig.from_dict(config) if config is not None else None, subfolder=subfolder,
-                     weights=DIFFUSERS_WEIGHTS, renames=LEGACY_ATTENTION_RENAMES, convert=flatten_conv_attention)
 
 
 class DDPMDenoiser(Denoiser):

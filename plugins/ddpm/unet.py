@@ -242,7 +242,7 @@ class ResnetBlock(nn.Module):
             h = self.norm2(h + t)
         h = self.conv2(self.dropout(self.act(h)))
         skip = self.conv_shortcut(x) if self.conv_shortcut is not None else x
-        return (skip + h) / self.output_scale
+        return skip + h if self.output_scale == 1 else (skip + h) / self.output_scale  # x / 1 is x: skip the pass
 
 
 class Attention(nn.Module):
@@ -272,17 +272,19 @@ class Attention(nn.Module):
         n, c, height, width = x.shape
         h = self.group_norm(x) if self.group_norm is not None else x
         h = h.reshape(n, c, height * width).transpose(1, 2)  # (N, HW, C)
-
-        def split(t: Tensor) -> Tensor:  # (N, HW, heads*d) -> (N, heads, HW, d)
-            return t.reshape(n, -1, self.heads, self.head_dim).transpose(1, 2)
-
-        q, k, v = split(self.to_q(h)), split(self.to_k(h)), split(self.to_v(h))
-        scores = q @ k.transpose(-1, -2) * self.head_dim**-0.5  # (N, heads, HW, HW)
-        # Softmax in at least float32: in float16 the logits of 256-1024 pixels overflow easily.
-        weights = scores.softmax(dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(q.dtype)
-        a = (weights @ v).transpose(1, 2).reshape(n, height * width, self.heads * self.head_dim)
+        # q|k|v in one matmul over weights concatenated per call (the parameters keep diffusers' three names):
+        # one pass over h instead of three, each reading the transposed h through a copy of its own.
+        weight = torch.cat([self.to_q.weight, self.to_k.weight, self.to_v.weight])
+        bias = torch.cat([self.to_q.bias, self.to_k.bias, self.to_v.bias])
+        qkv = F.linear(h, weight, bias).view(n, height * width, 3, self.heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # 3 x (N, heads, HW, d)
+        # softmax(q k^T / sqrt(head_dim)) v in one fused kernel (flash / memory-efficient on GPUs), which never
+        # stores the (HW, HW) scores and keeps its softmax in float32 for half inputs, where 256-1024 pixels' logits
+        # would overflow.
+        a = F.scaled_dot_product_attention(q, k, v)
+        a = a.transpose(1, 2).reshape(n, height * width, self.heads * self.head_dim)
         out = self.to_out[0](a).transpose(1, 2).reshape(n, c, height, width)
-        return (x + out) / self.output_scale
+        return x + out if self.output_scale == 1 else (x + out) / self.output_scale
 
 
 class Downsample(nn.Module):

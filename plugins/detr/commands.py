@@ -12,7 +12,7 @@ import zoo
 from zoo.cli import add_model_options, create_from_args, image_files
 from zoo.errors import ZooError
 from zoo.outputs import atomic_path, check_output, image_formats
-from zoo.registry import Command, Detections, Detector, INTERFACES
+from zoo.registry import Detections, Detector, INTERFACES
 
 #: box colours, cycled by class id.
 COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#fabed4",
@@ -26,7 +26,7 @@ def _threshold(text: str) -> float:
     return t
 
 
-def _arguments(parser: argparse.ArgumentParser) -> None:
+def arguments(parser: argparse.ArgumentParser) -> None:
     add_model_options(parser)
     parser.add_argument("images", nargs="+", metavar="IMAGE")
     parser.add_argument("--threshold", type=_threshold, default=0.7, metavar="T",
@@ -78,6 +78,3 @@ def run(args: argparse.Namespace) -> None:
         if outs:
             draw(image, dets, outs[i])
             print(f"wrote {outs[i]}")
-
-
-DETECT = Command("detect", run, "objects in images: label, score and box per detection", _arguments)

@@ -21,22 +21,13 @@ sampling with learned variances is not reproduced: zoo's ddpm sampler draws with
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-import torch
-from torch import Tensor
+from zoo.plugins.autoencoders import SD_VAE, kl_component
+from zoo.registry import DIFFUSERS_WEIGHTS, Component, ModelEntry, hookimpl, lazy
 
-from zoo.diffusion import ClassConditioner, DiffusionPipeline
-from zoo.loader import load_component
-from zoo.plugins.autoencoders import SD_VAE
-from zoo.plugins.autoencoders.kl import kl_component
-from zoo.plugins.ddpm.model import first_stage, sampler_defaults, scheduler_config
-from zoo.registry import DIFFUSERS_WEIGHTS, Component, Denoiser, DiscreteVPSchedule, ModelEntry, hookimpl
-from zoo.registry.errors import ArgumentTypeError, InvalidInputError
-from zoo.weights import read_json
-
-from .model import DiT, DiTConfig
+#: the builder (``pipeline.py``), imported when a model is created (listing imports no model module).
+build_dit = lazy(".pipeline:build_dit", __name__)
 
 #: The commit each repo is pinned to, as in the other built-in plugins; None where no commit could be verified
 #: offline (those fetch the repo's main branch with a warning, see zoo.hub.fetch).
@@ -62,57 +53,9 @@ NULL_CLASS = 1000
 def transformer_component(config: dict[str, Any]) -> Component:
     """The ``transformer/`` folder of a DiT repo. A stray ``pos_embed.pos_embed`` (the sin-cos table, stored by
     old diffusers versions) is ignored: zoo recomputes it."""
-    return Component(name="transformer", build=DiT, read_config=DiTConfig.from_dict,
-                     config=DiTConfig.from_dict(config), subfolder="transformer", weights=DIFFUSERS_WEIGHTS,
-                     ignore=("pos_embed.pos_embed",))
-
-
-class DiTDenoiser(Denoiser):
-    """A DiT with its DDPM schedule: ``forward(x_t, t, class_labels=...)`` -> eps ``(N, C, H, W)`` (the learned
-    variance half of the output dropped)."""
-
-    prediction = "eps"
-
-    def __init__(self, transformer: DiT, schedule: DiscreteVPSchedule):
-        super().__init__()
-        self.transformer = transformer
-        self.schedule = schedule
-
-    def forward(self, x_t: Tensor, t: Tensor, class_labels: Tensor | None = None, **cond: Any) -> Tensor:
-        if cond:
-            raise ArgumentTypeError(f"DiT takes class_labels only; got conditioning {sorted(cond)}")
-        if class_labels is None:
-            raise InvalidInputError("DiT is class-conditional: pass labels= to sample (ids 0..999 or ImageNet names)")
-        out = self.transformer(x_t, t, class_labels)
-        return out[:, :x_t.shape[1]]
-
-
-def _id2label(entry: ModelEntry, files: Path | None) -> dict[int, str]:
-    """The repo's ``model_index.json`` ``id2label`` (DiTPipeline's), else the packaged ImageNet names."""
-    index = Path(files) / "model_index.json" if files is not None else None
-    if index is not None and index.is_file() and "id2label" in read_json(index):
-        return {int(k): v for k, v in read_json(index)["id2label"].items()}
-    from timm.data import ImageNetInfo  # the same 1000 strings as the real model_index.json
-
-    return dict(enumerate(ImageNetInfo("imagenet-1k").label_descriptions()))
-
-
-def build_dit(entry: ModelEntry, files: Path | None, *, device: torch.device | str = "cpu",
-              dtype: torch.dtype = torch.float32) -> DiffusionPipeline:
-    """The registry's builder for DiT entries: files in the repo's layout (None: random weights) -> a pipeline
-    over the VAE's latents, class-conditional."""
-    sched_cfg = scheduler_config(entry, files)
-    transformer = load_component(entry.component("transformer"), files, device=device, dtype=dtype)
-    cfg = transformer.config
-    denoiser = DiTDenoiser(transformer, DiscreteVPSchedule.from_scheduler_config(sched_cfg))
-    conditioner = ClassConditioner(cfg.num_embeds_ada_norm, null_label=cfg.num_embeds_ada_norm,
-                                   id2label=_id2label(entry, files))
-    return DiffusionPipeline(
-        denoiser, (cfg.in_channels, cfg.sample_size, cfg.sample_size),
-        autoencoder=first_stage(entry, files, device=device, dtype=dtype), conditioner=conditioner,
-        sampler_defaults=sampler_defaults(sched_cfg), scheduler_config=sched_cfg,
-        default_sampler=entry.config.get("default_sampler"), default_steps=entry.config.get("default_steps", 50),
-        invert_sampler=entry.config.get("invert_sampler"), name=entry.name)
+    return Component(name="transformer", build=lazy(".model:DiT", __name__),
+                     read_config=lazy(".model:DiTConfig.from_dict", __name__), raw_config=config,
+                     subfolder="transformer", weights=DIFFUSERS_WEIGHTS, ignore=("pos_embed.pos_embed",))
 
 
 def _entry(size: int) -> ModelEntry:

@@ -16,18 +16,13 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
+from zoo.registry import Command, Component, ModelEntry, hookimpl, lazy
 
-from zoo.loader import load_component
-from zoo.registry import Component, ModelEntry, hookimpl
-from zoo.registry.errors import ArgumentTypeError
-
-from .base import ImageFlow
-from .commands import LIKELIHOOD
-from .glow import Glow, GlowConfig
-from .nice import NICE, NICEConfig
-from .realnvp import RealNVP, RealNVPConfig
-from .rectified_flow import VelocityConfig, VelocityUNet, build_pipeline
+LIKELIHOOD = Command("likelihood", lazy(".commands:run", __name__), "exact bits/dim of images under a normalizing flow",
+                      lazy(".commands:arguments", __name__))
+#: the builders, imported when a model is created (listing imports no model module).
+build_flow = lazy(".base:build_flow", __name__)
+build_pipeline = lazy(".rectified_flow:build_pipeline", __name__)
 
 WEIGHTS = Path(__file__).parent / "weights"
 LICENSE = "BSD-3-Clause (data: scikit-learn digits); weights: Apache-2.0"
@@ -37,11 +32,12 @@ GLOW_PAPER = "Kingma & Dhariwal 2018, Glow: Generative Flow with Invertible 1x1 
 RF_PAPER = "Liu, Gong & Liu 2022, Flow Straight and Fast: Learning to Generate and Transfer Data with Rectified Flow, " \
            "arXiv:2209.03003"
 
-#: name -> (model class, config class, the shipped recipe's training options)
-FLOWS: dict[str, tuple[type[ImageFlow], type, dict[str, Any], str]] = {
-    "nice-digits": (NICE, NICEConfig, {"steps": 2000, "batch_size": 128, "lr": 1e-3}, NICE_PAPER),
-    "realnvp-digits": (RealNVP, RealNVPConfig, {"steps": 2500, "batch_size": 128, "lr": 1e-3}, REALNVP_PAPER),
-    "glow-digits": (Glow, GlowConfig, {"steps": 2000, "batch_size": 128, "lr": 1e-3}, GLOW_PAPER),
+#: name -> (the model class as "module:Class" (its config class is "module:ClassConfig"), the shipped recipe's
+#: training options, paper)
+FLOWS: dict[str, tuple[str, dict[str, Any], str]] = {
+    "nice-digits": (".nice:NICE", {"steps": 2000, "batch_size": 128, "lr": 1e-3}, NICE_PAPER),
+    "realnvp-digits": (".realnvp:RealNVP", {"steps": 2500, "batch_size": 128, "lr": 1e-3}, REALNVP_PAPER),
+    "glow-digits": (".glow:Glow", {"steps": 2000, "batch_size": 128, "lr": 1e-3}, GLOW_PAPER),
 }
 
 
@@ -56,27 +52,21 @@ def shipped_metadata(name: str) -> dict[str, str]:
         return dict(f.metadata() or {})
 
 
-def _shipped_config(name: str, config_cls: type) -> Any:
+def _shipped_config(name: str) -> dict[str, Any]:
+    """The shipped model's config.json ({}: the config class's defaults)."""
     path = WEIGHTS / name / "config.json"
-    return config_cls.from_dict(json.loads(path.read_text())) if path.is_file() else config_cls()
-
-
-def build_flow(entry: ModelEntry, files: Path | None, *, device: Any = "cpu", dtype: Any = torch.float32,
-               **kwargs: Any) -> ImageFlow:
-    """A flow entry's model from its folder (config.json + model.safetensors), or random weights without files."""
-    if kwargs:
-        raise ArgumentTypeError(f"{entry.name} takes no options {sorted(kwargs)}")
-    model = load_component(entry.component("model"), files, device=device, dtype=dtype)
-    model.name = entry.name
-    return model
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _trainer(name: str) -> Callable[..., Path]:
-    cls, config_cls, recipe, _ = FLOWS[name]
+    target, recipe, _ = FLOWS[name]
 
     def train(out_dir: str | Path, *, seed: int = 0, **options: Any) -> Path:
+        import torch
+
         from .train_digits import train_flow
 
+        cls, config_cls = lazy(target, __name__).resolve(), lazy(f"{target}Config", __name__).resolve()
         torch.manual_seed(seed)  # the initialisation
         model = cls(config_cls())
         model.name = name
@@ -96,13 +86,14 @@ def _result(name: str) -> str:
 
 def _flow_entries() -> list[ModelEntry]:
     entries = []
-    for name, (cls, config_cls, _, paper) in FLOWS.items():
-        component = Component(name="model", build=cls, read_config=config_cls.from_dict,
-                              config=_shipped_config(name, config_cls), weights=("model.safetensors",))
+    for name, (target, _, paper) in FLOWS.items():
+        component = Component(name="model", build=lazy(target, __name__),
+                              read_config=lazy(f"{target}Config.from_dict", __name__), raw_config=_shipped_config(name),
+                              weights=("model.safetensors",))
         entries.append(ModelEntry(
             name=name, family="flow", interface="flow", build=build_flow, components=(component,),
             local_dir=WEIGHTS / name, train=_trainer(name), license=LICENSE, paper=paper, result=_result(name),
-            description=f"{cls.__name__} trained by zoo on scikit-learn's digits (8x8, exact log-likelihood), "
+            description=f"{target.rpartition(':')[2]} trained by zoo on scikit-learn's digits (8x8, exact log-likelihood), "
                         f"shipped in the package. Retrain with `zoo train {name}`."))
     return entries
 
@@ -134,8 +125,9 @@ RF_RESULTS = {
 
 
 def _rf_entries() -> list[ModelEntry]:
-    velocity = Component(name="velocity", build=VelocityUNet, read_config=VelocityConfig.from_dict,
-                         config=VelocityConfig(), weights=("model.safetensors",))
+    velocity = Component(name="velocity", build=lazy(".rectified_flow:VelocityUNet", __name__),
+                         read_config=lazy(".rectified_flow:VelocityConfig.from_dict", __name__), raw_config={},
+                         weights=("model.safetensors",))
     common = dict(family="rectified-flow", interface="pipeline", build=build_pipeline, components=(velocity,),
                   license=LICENSE)
     return [

@@ -132,3 +132,17 @@ class ImageFlow(Flow):
 
 def num_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def build_flow(entry: Any, files: Any, *, device: Any = "cpu", dtype: torch.dtype = torch.float32,
+               **kwargs: Any) -> ImageFlow:
+    """The registry's builder for the flow entries: the entry's folder (config.json + model.safetensors) -> the
+    model, or random weights without files."""
+    from zoo.loader import load_component
+    from zoo.registry.errors import ArgumentTypeError
+
+    if kwargs:
+        raise ArgumentTypeError(f"{entry.name} takes no options {sorted(kwargs)}")
+    model = load_component(entry.component("model"), files, device=device, dtype=dtype)
+    model.name = entry.name
+    return model

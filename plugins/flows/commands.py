@@ -7,11 +7,11 @@ import torch
 
 from zoo.cli import add_model_options, create_from_args, image_files, positive_int, require
 from zoo.errors import ZooError
-from zoo.registry import Command, Flow
+from zoo.registry import Flow
 
 
 
-def _arguments(parser: argparse.ArgumentParser) -> None:
+def arguments(parser: argparse.ArgumentParser) -> None:
     add_model_options(parser)
     parser.add_argument("images", nargs="+", metavar="IMAGE")
     parser.add_argument("--draws", type=positive_int, default=8,
@@ -42,6 +42,3 @@ def run(args: argparse.Namespace) -> None:
         print(f"{value:8.4f} bits/dim  {path}")
     if len(images) > 1:
         print(f"{float(bpd.mean()):8.4f} bits/dim  mean of {len(images)} images")
-
-
-LIKELIHOOD = Command("likelihood", run, "exact bits/dim of images under a normalizing flow", _arguments)

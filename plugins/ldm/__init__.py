@@ -20,9 +20,8 @@ original pipeline; the parity tests pin diffusers' ``scaling_factor`` to 1 to co
 """
 from __future__ import annotations
 
-from zoo.plugins.autoencoders import LDM_PAPER, LDM_VQ_F4, REVISIONS
-from zoo.plugins.autoencoders.vq import vq_component
-from zoo.plugins.ddpm.model import build_pipeline, unet_component
+from zoo.plugins.autoencoders import LDM_PAPER, LDM_VQ_F4, REVISIONS, vq_component
+from zoo.plugins.ddpm import build_pipeline, unet_component
 from zoo.registry import ModelEntry, hookimpl
 
 REPO = "CompVis/ldm-celebahq-256"

@@ -19,31 +19,24 @@ from pathlib import Path
 
 import torch
 
-from zoo.registry import Component, ModelEntry, hookimpl
+from zoo.registry import Command, Component, ModelEntry, hookimpl, lazy
 
-from .commands import FID
-from .inception import FIDInceptionV3, InceptionFID
+FID = Command("fid", lazy(".commands:run", __name__),
+              "Fréchet distance (FID) and KID between samples and a reference", lazy(".commands:arguments", __name__))
 
 #: where pytorch-fid fetches the FID Inception weights (a GitHub release asset of mseitzer/pytorch-fid, 95 MB).
 WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
                "pt_inception-2015-12-05-6726825d.pth")
 WEIGHTS_FILE = WEIGHTS_URL.rsplit("/", 1)[1]
 
-MODEL = Component("model", build=lambda config: FIDInceptionV3(), config={}, config_file=None,
+MODEL = Component("model", build=lazy(".inception:network", __name__), config={}, config_file=None,
                   weights=(WEIGHTS_FILE,))
-
-
-def build(entry: ModelEntry, files: Path | None, *, device: torch.device, dtype: torch.dtype) -> InceptionFID:
-    from zoo.loader import load_component
-
-    encoder = InceptionFID(entry.name)
-    encoder.model = load_component(MODEL, files, device=device, dtype=dtype)
-    return encoder.eval()
 
 
 ENTRIES = (
     ModelEntry(
-        name="inception-fid", family="metrics", interface="encoder", build=build, components=(MODEL,),
+        name="inception-fid", family="metrics", interface="encoder",
+        build=lazy(".inception:build", __name__), components=(MODEL,),
         local_dir=Path(torch.hub.get_dir()) / "checkpoints",
         license="Apache-2.0 (pytorch-fid's port of TensorFlow's Inception-v3 graph)",
         paper="Heusel et al. 2017, GANs Trained by a Two Time-Scale Update Rule Converge to a Local Nash "

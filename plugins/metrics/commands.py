@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 
 from zoo import metrics
-from zoo.registry import Command
 from zoo.registry.errors import InvalidInputError, MissingFileError
 
 
@@ -51,7 +50,7 @@ def _positive(text: str) -> int:
     return n
 
 
-def _arguments(parser: argparse.ArgumentParser) -> None:
+def arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("samples", metavar="DIR_OR_NPZ", help="generated images: a sample folder, an image folder "
                         "or an .npz (images or mu/sigma statistics)")
     parser.add_argument("--ref", required=True, metavar="DIR_OR_NPZ", help="the reference, in the same forms")
@@ -101,6 +100,3 @@ def run(args: argparse.Namespace) -> None:
     if all(isinstance(f, np.ndarray) for f in feats):
         mean, std = metrics.kid(feats[0], feats[1], subsets=args.kid_subsets, subset_size=args.kid_subset_size)
         print(f"kid ({args.encoder}): {mean:.6g} +- {std:.3g}")
-
-
-FID = Command("fid", run, "Fréchet distance (FID) and KID between samples and a reference", _arguments)

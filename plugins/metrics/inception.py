@@ -189,6 +189,11 @@ class FIDInceptionV3(nn.Module):
         return x.mean(dim=(2, 3))                                         # pool3: (N, 2048)
 
 
+def network(config: dict[str, Any]) -> FIDInceptionV3:
+    """The component's builder: the network has one published architecture, so its config is empty."""
+    return FIDInceptionV3()
+
+
 class InceptionFID(Encoder):
     """The :class:`zoo.registry.Encoder` over :class:`FIDInceptionV3`: images -> 2048-d pool3 features.
 
@@ -222,3 +227,12 @@ class InceptionFID(Encoder):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.encode(x)
+
+
+def build(entry: Any, files: Any, *, device: torch.device, dtype: torch.dtype) -> InceptionFID:
+    """The registry's builder for inception-fid: pytorch-fid's weight file (``files``), or random weights."""
+    from zoo.loader import load_component
+
+    encoder = InceptionFID(entry.name)
+    encoder.model = load_component(entry.component("model"), files, device=device, dtype=dtype)
+    return encoder.eval()

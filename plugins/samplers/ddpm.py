@@ -14,7 +14,8 @@ from zoo.registry.errors import InvalidInputError
 from .diffusers_compat import ddim_plan
 
 
-@sampler("ddim", stochastic=True, options=("eta", "clip_denoised"), plans={"diffusers": ddim_plan})
+@sampler("ddim", stochastic=True, options=("eta", "clip_denoised"), plans={"diffusers": ddim_plan},
+         single_step=True)
 @torch.no_grad()
 def ddim(denoise, x, sigmas, *, signal_scale, callback=None, noise_sampler=None, eta: float = 0.0,
          clip_denoised: float | None = None):

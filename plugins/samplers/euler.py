@@ -13,7 +13,7 @@ from zoo.registry import implied_noise, ode_slope, report_step, sampler
 from .diffusers_compat import euler_plan, heun_plan
 
 
-@sampler("euler", plans={"diffusers": euler_plan})
+@sampler("euler", plans={"diffusers": euler_plan}, single_step=True)
 @torch.no_grad()
 def euler(denoise, x, sigmas, *, signal_scale, callback=None):
     """Euler's method on the probability-flow ODE (Karras et al. 2022, alg. 2 without churn).
@@ -29,7 +29,7 @@ def euler(denoise, x, sigmas, *, signal_scale, callback=None):
     return x
 
 
-@sampler("flow-euler")
+@sampler("flow-euler", single_step=True)
 @torch.no_grad()
 def flow_euler(denoise, x, sigmas, *, signal_scale, callback=None):
     """Rectified-flow Euler, SD3's sampler (FlowMatchEulerDiscreteScheduler): ``x += (sigma_next - sigma) * v``.
@@ -46,7 +46,8 @@ def _clipped(denoise, c: float):
     return lambda x, sigma: denoise(x, sigma).clamp(-c, c)
 
 
-@sampler("heun", options=("clip_denoised",), plans={"diffusers": heun_plan})
+@sampler("heun", options=("clip_denoised",), plans={"diffusers": heun_plan},
+         single_step=True)
 @torch.no_grad()
 def heun(denoise, x, sigmas, *, signal_scale, callback=None, clip_denoised: float | None = None):
     """Heun's second-order method (Karras et al. 2022, alg. 1 without churn): two evaluations per step.

@@ -16,25 +16,13 @@ Denoiser and the pipeline). The VAE is the autoencoders family's (``sd3-vae``'s 
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-import torch
+from zoo.plugins.autoencoders import REVISIONS, SD3_PAPER, SD3_VAE, kl_component
+from zoo.registry import DIFFUSERS_WEIGHTS, MODEL_WEIGHTS, Component, ModelEntry, hookimpl, lazy
 
-from zoo.loader import load_component, read_component_config
-from zoo.plugins.autoencoders import REVISIONS, SD3_PAPER, SD3_VAE
-from zoo.plugins.autoencoders.kl import kl_component, run_dtype
-from zoo.registry import FlowSchedule, ModelEntry, hookimpl
-from zoo.registry.errors import InvalidInputError
-from zoo.weights import read_json
-
-from .mmdit import MMDiT, MMDiTConfig, transformer_component
-from .pipeline import SD3Denoiser, SD3Pipeline
-from .t5 import T5Config, T5Encoder, T5Tokenizer, t5_component
-from .text import CLIPTextConfig, CLIPTextEncoder, SD3Conditioner, clip_text_component, clip_tokenizer
-
-__all__ = ["CLIPTextConfig", "CLIPTextEncoder", "ENTRIES", "MMDiT", "MMDiTConfig", "SD3Conditioner", "SD3Denoiser",
-           "SD3Pipeline", "T5Config", "T5Encoder", "T5Tokenizer", "build"]
+#: the builder (``pipeline.py``), imported when a model is created (listing imports no model module).
+build = lazy(".pipeline:build", __name__)
 
 REPO = "stabilityai/stable-diffusion-3-medium-diffusers"
 
@@ -63,53 +51,29 @@ FILES = ("scheduler/scheduler_config.json",
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
 
 
-def scheduler_config(entry: ModelEntry, files: Path | None) -> dict[str, Any]:
-    """``scheduler/scheduler_config.json`` (FlowMatchEulerDiscreteScheduler), or the packaged copy without files."""
-    if files is None:
-        return dict(entry.config["scheduler"])
-    config = read_json(Path(files) / "scheduler" / "scheduler_config.json")
-    odd = {k: config[k] for k in ("use_dynamic_shifting", "use_karras_sigmas", "use_exponential_sigmas",
-                                  "use_beta_sigmas", "invert_sigmas", "stochastic_sampling") if config.get(k)}
-    if config.get("_class_name", "FlowMatchEulerDiscreteScheduler") != "FlowMatchEulerDiscreteScheduler" or odd:
-        raise InvalidInputError(f"{files}/scheduler/scheduler_config.json: zoo's flow schedule reproduces "
-                                f"FlowMatchEulerDiscreteScheduler with a fixed shift; this config asks for "
-                                f"{odd or config.get('_class_name')}")
-    return config
+def transformer_component(config: dict[str, Any] | None, subfolder: str = "transformer") -> Component:
+    """The MMDiT of a diffusers SD3 repo (``mmdit.py``): ``transformer/config.json`` +
+    ``diffusion_pytorch_model.safetensors`` in diffusers' names (no renames). ``config``: the published
+    ``config.json`` (for ``pretrained=False``)."""
+    return Component(name="transformer", build=lazy(".mmdit:MMDiT", __name__),
+                     read_config=lazy(".mmdit:MMDiTConfig.from_dict", __name__), raw_config=config,
+                     subfolder=subfolder, weights=DIFFUSERS_WEIGHTS)
 
 
-def build(entry: ModelEntry, files: Path | None, *, device: torch.device | str = "cpu",
-          dtype: torch.dtype = torch.float32, text_encoders: bool = True, text_encoder_3: bool = True,
-          max_sequence_length: int = 256) -> SD3Pipeline:
-    """The registry's builder: the repo's folder (None: random weights) -> an :class:`SD3Pipeline`.
+def t5_component(config: dict[str, Any] | None, subfolder: str = "text_encoder_3") -> Component:
+    """A transformers ``T5EncoderModel`` folder (``t5.py``): ``config.json`` + ``model.safetensors`` (or its
+    sharded index)."""
+    return Component(name="text_encoder_3", build=lazy(".t5:T5Encoder", __name__),
+                     read_config=lazy(".t5:T5Config.from_dict", __name__), raw_config=config, subfolder=subfolder,
+                     weights=MODEL_WEIGHTS, renames=lazy(".t5:RENAMES", __name__), ignore=lazy(".t5:IGNORED", __name__))
 
-    ``text_encoders=False`` loads the transformer and VAE alone (prompts then come as ``prompt_embeds=``...);
-    ``text_encoder_3=False`` leaves T5-XXL out (zeros in its place, as diffusers' ``text_encoder_3=None``).
-    ``max_sequence_length``: T5 tokens per prompt (diffusers' default 256).
-    """
-    sched = scheduler_config(entry, files)
-    transformer = load_component(entry.component("transformer"), files, device=device, dtype=dtype)
-    vae_part = entry.component("vae")
-    vae_config = read_component_config(vae_part, files)
-    vae = load_component(vae_part, files, device=device, dtype=run_dtype(dtype, vae_config.force_upcast),
-                         config=vae_config)
-    vae.name = f"{entry.name} vae"
-    encoders: dict[str, Any] = {}
-    for name in TEXT_ENCODERS[: 3 if text_encoder_3 else 2] if text_encoders else ():
-        encoder = load_component(entry.component(name), files, device=device, dtype=dtype)
-        encoder.name = f"{entry.name} {name}"
-        if files is not None:
-            folder = Path(files) / name.replace("text_encoder", "tokenizer")
-            encoder.tokenizer = T5Tokenizer.from_files(folder) if name == "text_encoder_3" else clip_tokenizer(folder)
-        encoders[name] = encoder
-    cfg = transformer.config
-    conditioner = SD3Conditioner(encoders.get("text_encoder"), encoders.get("text_encoder_2"),
-                                 encoders.get("text_encoder_3"), joint_dim=cfg.joint_attention_dim,
-                                 pooled_dim=cfg.pooled_projection_dim, max_sequence_length=max_sequence_length)
-    denoiser = SD3Denoiser(transformer, FlowSchedule.from_scheduler_config(sched))
-    return SD3Pipeline(denoiser, (cfg.in_channels, cfg.sample_size, cfg.sample_size), autoencoder=vae,
-                       conditioner=conditioner, scheduler_config=sched, default_sampler=entry.config["default_sampler"],
-                       default_steps=entry.config["default_steps"], invert_sampler=entry.config["invert_sampler"],
-                       name=entry.name)
+
+def clip_text_component(name: str, config: dict[str, Any] | None) -> Component:
+    """``text_encoder/`` or ``text_encoder_2/`` of an SD3 repo (``text.py``): ``config.json`` + ``model.safetensors``."""
+    return Component(name=name, build=lazy(".text:CLIPTextEncoder", __name__),
+                     read_config=lazy(".text:CLIPTextConfig.from_dict", __name__), raw_config=config, subfolder=name,
+                     weights=MODEL_WEIGHTS, renames=lazy(".text:CLIP_TEXT_RENAMES", __name__),
+                     convert=lazy("zoo.weights:fuse_qkv"), ignore=(r".*position_ids",))
 
 
 SD3_MEDIUM = ModelEntry(
@@ -118,6 +82,8 @@ SD3_MEDIUM = ModelEntry(
                 clip_text_component("text_encoder", CLIP_L_TEXT), clip_text_component("text_encoder_2", CLIP_G_TEXT),
                 t5_component(T5_XXL)),
     files=FILES, license="stabilityai-ai-community", paper=SD3_PAPER,
+    optional={"text_encoders": (*TEXT_ENCODERS, "tokenizer", "tokenizer_2", "tokenizer_3"),
+              "text_encoder_3": ("text_encoder_3", "tokenizer_3")},
     config={"default_sampler": "flow-euler", "default_steps": 28, "invert_sampler": "flow-euler",
             "scheduler": SD3_SCHEDULER},
     description="Stable Diffusion 3 Medium (stabilityai/stable-diffusion-3-medium-diffusers): a 2B-parameter MMDiT "

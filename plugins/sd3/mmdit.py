@@ -34,7 +34,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zoo.registry import DIFFUSERS_WEIGHTS, Component
 from zoo.registry.errors import InvalidInputError
 
 
@@ -315,11 +314,3 @@ class MMDiT(nn.Module):
         h, w = height // p, width // p
         out = out.view(n, h, w, p, p, -1).permute(0, 5, 1, 3, 2, 4)  # unpatchify: n h w p q c -> n c h p w q
         return out.reshape(n, -1, h * p, w * p)
-
-
-def transformer_component(config: dict[str, Any] | None, subfolder: str = "transformer") -> Component:
-    """The MMDiT of a diffusers SD3 repo: ``transformer/config.json`` + ``diffusion_pytorch_model.safetensors``
-    (diffusers' names: no renames). ``config``: the published ``config.json`` (for ``pretrained=False``)."""
-    return Component(name="transformer", build=MMDiT, read_config=MMDiTConfig.from_dict,
-                     config=MMDiTConfig.from_dict(config) if config is not None else None, subfolder=subfolder,
-                     weights=DIFFUSERS_WEIGHTS)

@@ -12,16 +12,23 @@ position table's 1536), ``guidance_scale=7.0`` by default, ``output="latent"``, 
 from __future__ import annotations
 
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 from torch import Tensor
 
 from zoo.diffusion import DiffusionPipeline
-from zoo.registry import Denoiser, FlowSchedule
+from zoo.loader import load_component, read_component_config
+from zoo.plugins.autoencoders.kl import run_dtype
+from zoo.registry import Denoiser, FlowSchedule, ModelEntry
 from zoo.registry.errors import ArgumentTypeError, InvalidInputError
+from zoo.weights import read_json
 
+from . import TEXT_ENCODERS
 from .mmdit import MMDiT
+from .t5 import T5Tokenizer
+from .text import SD3Conditioner, clip_tokenizer
 
 
 class SD3Denoiser(Denoiser):
@@ -139,3 +146,55 @@ def _on(module: torch.nn.Module, device: torch.device) -> Iterator[None]:
         module.to("cpu")
         if device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+# -- the registry's builder ------------------------------------------------------------------------------------
+
+
+def scheduler_config(entry: ModelEntry, files: Path | None) -> dict[str, Any]:
+    """``scheduler/scheduler_config.json`` (FlowMatchEulerDiscreteScheduler), or the packaged copy without files."""
+    if files is None:
+        return dict(entry.config["scheduler"])
+    config = read_json(Path(files) / "scheduler" / "scheduler_config.json")
+    odd = {k: config[k] for k in ("use_dynamic_shifting", "use_karras_sigmas", "use_exponential_sigmas",
+                                  "use_beta_sigmas", "invert_sigmas", "stochastic_sampling") if config.get(k)}
+    if config.get("_class_name", "FlowMatchEulerDiscreteScheduler") != "FlowMatchEulerDiscreteScheduler" or odd:
+        raise InvalidInputError(f"{files}/scheduler/scheduler_config.json: zoo's flow schedule reproduces "
+                                f"FlowMatchEulerDiscreteScheduler with a fixed shift; this config asks for "
+                                f"{odd or config.get('_class_name')}")
+    return config
+
+
+def build(entry: ModelEntry, files: Path | None, *, device: torch.device | str = "cpu",
+          dtype: torch.dtype = torch.float32, text_encoders: bool = True, text_encoder_3: bool = True,
+          max_sequence_length: int = 256) -> SD3Pipeline:
+    """The registry's builder: the repo's folder (None: random weights) -> an :class:`SD3Pipeline`.
+
+    ``text_encoders=False`` loads the transformer and VAE alone (prompts then come as ``prompt_embeds=``...);
+    ``text_encoder_3=False`` leaves T5-XXL out (zeros in its place, as diffusers' ``text_encoder_3=None``).
+    ``max_sequence_length``: T5 tokens per prompt (diffusers' default 256).
+    """
+    sched = scheduler_config(entry, files)
+    transformer = load_component(entry.component("transformer"), files, device=device, dtype=dtype)
+    vae_part = entry.component("vae")
+    vae_config = read_component_config(vae_part, files)
+    vae = load_component(vae_part, files, device=device, dtype=run_dtype(dtype, vae_config.force_upcast),
+                         config=vae_config)
+    vae.name = f"{entry.name} vae"
+    encoders: dict[str, Any] = {}
+    for name in TEXT_ENCODERS[: 3 if text_encoder_3 else 2] if text_encoders else ():
+        encoder = load_component(entry.component(name), files, device=device, dtype=dtype)
+        encoder.name = f"{entry.name} {name}"
+        if files is not None:
+            folder = Path(files) / name.replace("text_encoder", "tokenizer")
+            encoder.tokenizer = T5Tokenizer.from_files(folder) if name == "text_encoder_3" else clip_tokenizer(folder)
+        encoders[name] = encoder
+    cfg = transformer.config
+    conditioner = SD3Conditioner(encoders.get("text_encoder"), encoders.get("text_encoder_2"),
+                                 encoders.get("text_encoder_3"), joint_dim=cfg.joint_attention_dim,
+                                 pooled_dim=cfg.pooled_projection_dim, max_sequence_length=max_sequence_length)
+    denoiser = SD3Denoiser(transformer, FlowSchedule.from_scheduler_config(sched))
+    return SD3Pipeline(denoiser, (cfg.in_channels, cfg.sample_size, cfg.sample_size), autoencoder=vae,
+                       conditioner=conditioner, scheduler_config=sched, default_sampler=entry.config["default_sampler"],
+                       default_steps=entry.config["default_steps"], invert_sampler=entry.config["invert_sampler"],
+                       name=entry.name)

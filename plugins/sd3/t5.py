@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo.errors import MissingFileError
-from zoo.registry import MODEL_WEIGHTS, Component, TextEncoder, TextFeatures
+from zoo.registry import TextEncoder, TextFeatures
 from zoo.registry.errors import InvalidInputError
 
 
@@ -250,13 +250,6 @@ RENAMES = (
 )
 #: the tied copy of ``shared.weight`` some files also hold (transformers drops it on save).
 IGNORED = (r"encoder\.embed_tokens\.weight",)
-
-
-def t5_component(config: dict[str, Any] | None, subfolder: str = "text_encoder_3") -> Component:
-    """A transformers ``T5EncoderModel`` folder: ``config.json`` + ``model.safetensors`` (or its sharded index)."""
-    return Component(name="text_encoder_3", build=T5Encoder, read_config=T5Config.from_dict,
-                     config=T5Config.from_dict(config) if config is not None else None, subfolder=subfolder,
-                     weights=MODEL_WEIGHTS, renames=RENAMES, ignore=IGNORED)
 
 
 # -- the tokenizer ------------------------------------------------------------------------------------------------

@@ -34,11 +34,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo.errors import MissingFileError
-from zoo.plugins.clip import CLIPTokenizer
+from zoo.plugins.clip.bpe import CLIPTokenizer
 from zoo.plugins.clip.clip import TRANSFORMERS_BLOCK, TRANSFORMERS_TEXT, TextTower, TowerConfig, canonical_activation
-from zoo.registry import MODEL_WEIGHTS, Component, Conditioner, TextEncoder, TextFeatures
+from zoo.registry import Conditioner, TextEncoder, TextFeatures
 from zoo.registry.errors import InvalidInputError
-from zoo.weights import fuse_qkv
 
 from .t5 import T5Encoder, check_layer
 
@@ -105,14 +104,6 @@ class CLIPTextEncoder(TextEncoder):
 
 #: transformers' ``CLIPTextModelWithProjection`` names -> ours: the CLIP family's text tables, and the projection.
 CLIP_TEXT_RENAMES = (*TRANSFORMERS_TEXT, (r"text_projection\.weight", "text.proj.weight"), *TRANSFORMERS_BLOCK)
-
-
-def clip_text_component(name: str, config: dict[str, Any] | None) -> Component:
-    """``text_encoder/`` or ``text_encoder_2/`` of an SD3 repo: ``config.json`` + ``model.safetensors``."""
-    return Component(name=name, build=CLIPTextEncoder, read_config=CLIPTextConfig.from_dict,
-                     config=CLIPTextConfig.from_dict(config) if config is not None else None, subfolder=name,
-                     weights=MODEL_WEIGHTS, renames=CLIP_TEXT_RENAMES, convert=fuse_qkv,
-                     ignore=(r".*position_ids",))
 
 
 class SD3CLIPTokenizer(CLIPTokenizer):
