@@ -195,3 +195,20 @@ def test_diffusers_unet_holds_zoos_weights():
     with torch.inference_mode():
         twin = diffusers_unet(unet, device=torch.device("cpu"), dtype=torch.float32)
         torch.testing.assert_close(twin(x, t).sample, unet(x, t), atol=1e-5, rtol=1e-5)
+
+
+def test_bfloat16_keeps_the_sampler_state_in_float32_and_stays_close_to_float32():
+    """The reduced-precision path (``dtype="bfloat16"``): the network runs in bf16, the sampler's state in
+    float32; against the float32 model on the same noise, DDIM-50 on ddpm-digits lands within 0.05 max abs on
+    [0, 1] pixels (measured 0.018, mean 0.0018), a looser bound stated for bf16."""
+    full, half = zoo.create("ddpm-digits"), zoo.create("ddpm-digits", dtype="bfloat16")
+    assert half.dtype == torch.bfloat16 and half._state_dtype() == torch.float32
+    noise = torch.randn(8, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        x, y = full.sample(8, noise=noise, progress=False), half.sample(8, noise=noise, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert y.dtype == torch.float32
+    assert 0 < float((x - y).abs().max()) < 0.05

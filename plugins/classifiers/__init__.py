@@ -21,6 +21,9 @@ from zoo.registry import Command, Component, ModelEntry, hookimpl, lazy
 #: a transformers classifier repo's files besides its model component (config.json and the weights).
 HF_FILES = ("preprocessor_config.json",)
 
+#: `zoo bench`'s reference: timm's own module on the same weights (eager, and timm's torch.compile with --compile)
+TIMM_REFERENCE = lazy(".bench:timm_reference", __name__)
+
 CLASSIFY = Command("classify", lazy(".commands:run", __name__), "top-k classes of images",
                    lazy(".commands:arguments", __name__))
 
@@ -86,7 +89,8 @@ _VIT = [
 def _vit_entry(name: str, arch: str, tag: str, result: str) -> ModelEntry:
     repo = f"timm/{arch}.{tag}"
     return ModelEntry(
-        name=name, family="vit", interface="classifier", build=lazy(".vit:build_timm", __name__), repo_id=repo, revision=VIT_REVISIONS[repo],
+        name=name, family="vit", interface="classifier", build=lazy(".vit:build_timm", __name__), repo_id=repo,
+        revision=VIT_REVISIONS[repo], reference=TIMM_REFERENCE,
         components=(timm_component(arch, num_classes=1000, global_pool="token"),),
         preprocessing=AUGREG_PREPROCESSING, license="apache-2.0", paper=f"{VIT_PAPER}; {AUGREG_PAPER}",
         result=result, description=f"ViT {arch.split('_')[1]}/{arch.split('patch')[1][:2]} ImageNet-1k classifier "
@@ -95,11 +99,12 @@ def _vit_entry(name: str, arch: str, tag: str, result: str) -> ModelEntry:
 
 #: the architecture of the repo's config.json, for pretrained=False (the repo's own file wins otherwise)
 VIT_HF_CONFIG = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
-             "hidden_act": "gelu", "layer_norm_eps": 1e-12, "image_size": 224, "patch_size": 16,
-             "num_channels": 3, "qkv_bias": True, "num_labels": 1000}
+                 "hidden_act": "gelu", "layer_norm_eps": 1e-12, "image_size": 224, "patch_size": 16,
+                 "num_channels": 3, "qkv_bias": True, "num_labels": 1000}
 
 VIT_ENTRIES: list[ModelEntry] = [*(_vit_entry(*row) for row in _VIT), ModelEntry(
     name="vit-b16-google", family="vit", interface="classifier", build=lazy(".vit:build_hf", __name__),
+    reference=TIMM_REFERENCE,
     repo_id="google/vit-base-patch16-224", revision=VIT_REVISIONS["google/vit-base-patch16-224"], files=HF_FILES,
     config=VIT_HF_CONFIG, components=(hf_component("vit", VIT_HF_CONFIG),),
     preprocessing={"do_normalize": True, "do_resize": True, "image_mean": [0.5, 0.5, 0.5],
@@ -145,7 +150,8 @@ _SWIN = [
 def _swin_entry(name: str, arch: str, tag: str, what: str, result: str) -> ModelEntry:
     repo = f"timm/{arch}.{tag}"
     return ModelEntry(
-        name=name, family="swin", interface="classifier", build=lazy(".swin:build_timm", __name__), repo_id=repo, revision=SWIN_REVISIONS[repo],
+        name=name, family="swin", interface="classifier", build=lazy(".swin:build_timm", __name__), repo_id=repo,
+        revision=SWIN_REVISIONS[repo], reference=TIMM_REFERENCE,
         components=(timm_component(arch, num_classes=1000, global_pool="avg"),),
         preprocessing=MS_PREPROCESSING, license="mit", paper=SWIN_PAPER, result=result,
         description=f"{what} classifier, window 7, 224 (timm {arch}.{tag}, original Microsoft weights)")
@@ -153,11 +159,12 @@ def _swin_entry(name: str, arch: str, tag: str, what: str, result: str) -> Model
 
 #: the architecture of the repo's config.json, for pretrained=False (the repo's own file wins otherwise)
 SWIN_HF_CONFIG = {"embed_dim": 96, "depths": [2, 2, 6, 2], "num_heads": [3, 6, 12, 24], "window_size": 7,
-             "mlp_ratio": 4.0, "patch_size": 4, "image_size": 224, "num_channels": 3, "qkv_bias": True,
-             "hidden_act": "gelu", "layer_norm_eps": 1e-5, "use_absolute_embeddings": False, "num_labels": 1000}
+                  "mlp_ratio": 4.0, "patch_size": 4, "image_size": 224, "num_channels": 3, "qkv_bias": True,
+                  "hidden_act": "gelu", "layer_norm_eps": 1e-5, "use_absolute_embeddings": False, "num_labels": 1000}
 
 SWIN_ENTRIES: list[ModelEntry] = [*(_swin_entry(*row) for row in _SWIN), ModelEntry(
     name="swin-t-ms", family="swin", interface="classifier", build=lazy(".swin:build_hf", __name__),
+    reference=TIMM_REFERENCE,
     repo_id="microsoft/swin-tiny-patch4-window7-224", revision=SWIN_REVISIONS["microsoft/swin-tiny-patch4-window7-224"],
     files=HF_FILES,
     config=SWIN_HF_CONFIG, components=(hf_component("swin", SWIN_HF_CONFIG),),

@@ -26,6 +26,8 @@ ZERO_SHOT = Command("zero-shot", lazy(".commands:zero_shot", __name__), "zero-sh
 
 #: the builder (``build.py``: model, tokenizer and preprocessing from a repo), imported when a model is created.
 build = lazy(".build:build", __name__)
+#: `zoo bench`'s references for CLIP: transformers' CLIPModel and open_clip, each on the same weights
+CLIP_REFERENCES = (lazy(".bench:transformers_reference", __name__), lazy(".bench:open_clip_reference", __name__))
 
 #: Pinned commits, found in public material that records them (code pinning ``revision=``, Hub cache snapshot
 #: paths); None where none could be verified offline: zoo then fetches main and warns (see zoo.hub.fetch).
@@ -109,7 +111,7 @@ def _clip(name: str, repo: str, layout: str, config: str, size: int, result: str
     """A CLIP entry: ``config`` names the published architecture in ``clip.py``, ``size`` its image size."""
     pre = {**CLIP_PREPROCESSING, "size": size, "crop_rounding": "floor" if layout == "transformers" else "round"}
     return _entry("clip", layout, config, name=name, repo_id=repo, preprocessing=pre, license=license, paper=paper,
-                  result=result, description=description)
+                  result=result, description=description, reference=CLIP_REFERENCES)
 
 
 def _siglip(name: str, repo: str, layout: str, config: str, size: int, result: str, description: str) -> ModelEntry:

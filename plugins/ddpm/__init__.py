@@ -28,6 +28,8 @@ from zoo.registry import DIFFUSERS_WEIGHTS, Component, ModelEntry, hookimpl, laz
 #: what builds an entry and what retrains ddpm-digits: imported when a model is created, not when listed.
 build_pipeline = lazy(".model:build_pipeline", __name__)
 train_digits = lazy(".train_digits:train", __name__)
+#: `zoo bench`'s reference: diffusers' DDIMPipeline on the same U-Net weights (for the DDIM-sampled entries)
+diffusers_reference = lazy(".bench:diffusers_reference", __name__)
 
 # The published configs of the google/ddpm-* repos (see their NOTES in tests/checkpoints: cifar10-32 and the 256
 # family share everything but channels, depth and the variance), so `pretrained=False` builds the architecture
@@ -117,7 +119,8 @@ def _google_entries() -> list[ModelEntry]:
             name=f"ddim-{short}", paper=f"{DDIM_PAPER}; weights: {DDPM_PAPER}",
             result=_DDIM_CIFAR if short == "cifar" else f"DDPM sampling: {result}",
             config={"default_sampler": "ddim", "default_steps": 50, **_SAMPLING, "scheduler": scheduler},
-            description=f"DDIM sampling of the DDPM {repo}: {what}, 50 deterministic steps.", **common))
+            description=f"DDIM sampling of the DDPM {repo}: {what}, 50 deterministic steps.",
+            reference=diffusers_reference, **common))
     return entries
 
 
@@ -128,6 +131,7 @@ def _shipped(name: str) -> dict:
 DIGITS = ModelEntry(
     name="ddpm-digits", family="ddpm", interface="pipeline", build=build_pipeline,
     components=(unet_component(_shipped("config.json")),), files=FILES, local_dir=DIGITS_DIR, train=train_digits,
+    reference=diffusers_reference,
     license="BSD-3-Clause (data: scikit-learn digits); weights: Apache-2.0", paper=DDPM_PAPER,
     config={"default_sampler": "ddim", "default_steps": 50, **_SAMPLING, "scheduler": _shipped("scheduler_config.json")},
     result="98% of samples (DDIM, 50 steps) are recognisable digits to a digit classifier, every class present "

@@ -8,8 +8,8 @@
 
 ``model.py`` is the network (timm ResNet with frozen BatchNorm, sine positions from the mask, post-norm
 encoder and decoder) with the conversion from transformers' layout; ``detector.py`` the Detector around it
-(preprocessing, post-processing); the entries, data, are here; ``loss.py`` the Hungarian matcher and the set loss; ``evaluate.py``
-COCO mAP through pycocotools; ``commands.py`` ``zoo detect``.
+(preprocessing, post-processing); ``loss.py`` the Hungarian matcher and the set loss; ``evaluate.py`` COCO mAP
+through pycocotools; ``commands.py`` ``zoo detect``. The entries, data, are here.
 """
 from __future__ import annotations
 
@@ -71,8 +71,9 @@ _ROWS = [
 ]
 
 ENTRIES: list[ModelEntry] = [
-    ModelEntry(name=name, family="detr", interface="detector", build=lazy(".detector:build", __name__), repo_id=repo, revision=REVISIONS[repo],
-               components=(detr_component(backbone),), files=("preprocessor_config.json",), config=HF_CONFIG,
+    ModelEntry(name=name, family="detr", interface="detector", build=lazy(".detector:build", __name__), repo_id=repo,
+               revision=REVISIONS[repo], components=(detr_component(backbone),), files=("preprocessor_config.json",),
+               config=HF_CONFIG,
                preprocessing=PREPROCESSING, license="apache-2.0", paper=PAPER, result=result, description=desc)
     for name, repo, backbone, result, desc in _ROWS
 ]

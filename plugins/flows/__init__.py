@@ -93,8 +93,8 @@ def _flow_entries() -> list[ModelEntry]:
         entries.append(ModelEntry(
             name=name, family="flow", interface="flow", build=build_flow, components=(component,),
             local_dir=WEIGHTS / name, train=_trainer(name), license=LICENSE, paper=paper, result=_result(name),
-            description=f"{target.rpartition(':')[2]} trained by zoo on scikit-learn's digits (8x8, exact log-likelihood), "
-                        f"shipped in the package. Retrain with `zoo train {name}`."))
+            description=f"{target.rpartition(':')[2]} trained by zoo on scikit-learn's digits (8x8, exact "
+                        f"log-likelihood), shipped in the package. Retrain with `zoo train {name}`."))
     return entries
 
 

@@ -69,7 +69,8 @@ def t5_component(config: dict[str, Any] | None, subfolder: str = "text_encoder_3
 
 
 def clip_text_component(name: str, config: dict[str, Any] | None) -> Component:
-    """``text_encoder/`` or ``text_encoder_2/`` of an SD3 repo (``text.py``): ``config.json`` + ``model.safetensors``."""
+    """``text_encoder/`` or ``text_encoder_2/`` of an SD3 repo (``text.py``): ``config.json`` +
+    ``model.safetensors``."""
     return Component(name=name, build=lazy(".text:CLIPTextEncoder", __name__),
                      read_config=lazy(".text:CLIPTextConfig.from_dict", __name__), raw_config=config, subfolder=name,
                      weights=MODEL_WEIGHTS, renames=lazy(".text:CLIP_TEXT_RENAMES", __name__),
