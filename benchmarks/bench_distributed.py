@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import tempfile
 import time
 
@@ -25,14 +24,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import zoo
-from zoo.distributed import sample_to_dir
+from zoo.distributed import free_port, sample_to_dir, torchrun_environment
 from zoo.noise import CounterNoise
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _create(args):
@@ -54,8 +47,8 @@ def plain_loop(pipe, args) -> float:
 
 def _worker(rank: int, world: int, port: int, args, out: str, results) -> None:
     torch.set_num_threads(args.threads)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torchrun_environment(rank, world, port)
+    dist.init_process_group("gloo")
     try:
         pipe = _create(args)
         pipe.sample(2, steps=2, progress=False)  # warm-up, as in the single-process runs
@@ -111,7 +104,7 @@ def main() -> None:
         seconds = float("inf")
         for _ in range(args.repeats):
             with tempfile.TemporaryDirectory() as out:
-                mp.spawn(_worker, args=(world, _free_port(), args, out, results), nprocs=world, join=True)
+                mp.spawn(_worker, args=(world, free_port(), args, out, results), nprocs=world, join=True)
                 seconds = min(seconds, results.get())
         print(json.dumps({**common, "run": f"sample_to_dir, {world} processes (gloo)", "seconds": round(seconds, 3),
                           "images_per_s": round(args.n / seconds, 2),

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -28,13 +27,8 @@ import torch.multiprocessing as mp
 from PIL import Image
 
 import zoo
+from zoo.distributed import free_port, torchrun_environment
 from zoo.embedding import embed_to_dir
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _create(args):
@@ -63,8 +57,8 @@ def plain_loop(model, paths: list[str], batch: int) -> float:
 
 def _worker(rank: int, world: int, port: int, args, images: str, out: str, workers: int, results) -> None:
     torch.set_num_threads(args.threads)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torchrun_environment(rank, world, port)
+    dist.init_process_group("gloo")
     try:
         model = _create(args)
         dist.barrier()
@@ -115,7 +109,7 @@ def main() -> None:
                             seconds = min(seconds, time.perf_counter() - start)
                         else:
                             results = mp.get_context("spawn").Queue()
-                            mp.spawn(_worker, args=(world, _free_port(), args, images, out, workers, results),
+                            mp.spawn(_worker, args=(world, free_port(), args, images, out, workers, results),
                                      nprocs=world, join=True)
                             seconds = min(seconds, results.get())
                 print(json.dumps({**common, "run": f"embed_to_dir, {world} process(es), {workers} worker(s) each",

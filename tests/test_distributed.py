@@ -3,8 +3,6 @@ bytes for world sizes 1 and 2, for any batch size, and after an interrupted run 
 from __future__ import annotations
 
 import json
-import os
-import socket
 
 import numpy as np
 import pytest
@@ -13,23 +11,17 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import zoo
-from zoo.distributed import read_samples, sample_to_dir, shard_name
+from zoo.distributed import free_port, read_samples, sample_to_dir, shard_name, torchrun_environment
 from zoo.noise import SEED_RULE, CounterNoise, run_seed
 from zoo.registry.errors import InvalidInputError
 
 N, SHARD, STEPS = 10, 3, 4  # 4 shards: 3 + 3 + 3 + 1
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, world: int, port: int, jobs: list[tuple[str, dict, int]]) -> None:
     torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torchrun_environment(rank, world, port)
+    dist.init_process_group("gloo")
     try:
         pipe = zoo.create("ddpm-digits", device="cpu")
         for out, kwargs, total in jobs:
@@ -65,7 +57,7 @@ def test_world_sizes_batches_and_restarts_give_the_same_bytes(tmp_path, pipe):
     before = (resumed / shard_name(0)).stat().st_mtime_ns
 
     two = tmp_path / "two"
-    mp.spawn(_worker, args=(2, _free_port(), [(str(two), dict(batch_size=2, **common), N),
+    mp.spawn(_worker, args=(2, free_port(), [(str(two), dict(batch_size=2, **common), N),
                                               (str(resumed), dict(batch_size=2, **common), N - SHARD)]),
              nprocs=2, join=True)
     want = _shard_bytes(single)
@@ -149,8 +141,7 @@ def test_per_sample_labels_follow_their_sample_index(tmp_path):
 
 
 def _cli_worker(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+    torchrun_environment(rank, world, port)
     torch.set_num_threads(1)
     from zoo.cli import main
 
@@ -162,10 +153,7 @@ def test_the_cli_writes_the_same_shards_under_torchrun_as_alone(tmp_path):
     """`zoo sample --out` through the real CLI: two gloo ranks (torchrun's variables) and one plain process."""
     from zoo.cli import main
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_cli_worker, args=(2, port, str(tmp_path / "two")), nprocs=2, join=True)
+    mp.spawn(_cli_worker, args=(2, free_port(), str(tmp_path / "two")), nprocs=2, join=True)
     assert main(["sample", "ddpm-digits", "-n", "10", "--steps", "4", "--sampler", "ddpm", "--out",
                  str(tmp_path / "one"), "--batch-size", "5", "--shard-size", "3", "-q"]) in (0, None)
     shards = sorted(p.name for p in (tmp_path / "one").glob("shard-*.npz"))

@@ -12,7 +12,6 @@ import contextlib
 import io
 import json
 import os
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,7 @@ from safetensors import safe_open
 import zoo
 from zoo import embedding
 from zoo.cli import main
-from zoo.distributed import read_samples, sample_to_dir
+from zoo.distributed import free_port, read_samples, sample_to_dir, torchrun_environment
 from zoo.embedding import embed_to_dir, image_sources, read_embeddings
 from zoo.registry.errors import InvalidInputError, MissingFileError
 
@@ -74,17 +73,10 @@ def shard_bytes(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.glob("shard-*.safetensors"))}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _cli_worker(rank: int, world: int, port: int, jobs: list[tuple[list[str], int]]) -> None:
     """Each job: `zoo embed ARGV` as torchrun runs it (`main` starts the process group from the variables and
     ends it); rank 0 alone prints the summary, with the images every rank embedded."""
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+    torchrun_environment(rank, world, port)
     torch.set_num_threads(1)
     for argv, total in jobs:
         printed = io.StringIO()
@@ -115,7 +107,7 @@ def test_world_sizes_and_a_restart_give_the_same_bytes(photos, model, tmp_path, 
 
     jobs = [(["embed", "toy-mlp", str(photos), "--out", str(d), *args], total) for d, total in ((two, N),
                                                                                                (resumed, N - SHARD))]
-    mp.spawn(_cli_worker, args=(2, _free_port(), jobs), nprocs=2, join=True)
+    mp.spawn(_cli_worker, args=(2, free_port(), jobs), nprocs=2, join=True)
     want = shard_bytes(one)
     assert len(want) == 3
     assert shard_bytes(two) == want

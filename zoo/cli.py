@@ -354,12 +354,6 @@ def _train_arguments(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--seed", type=int, default=0)
 
 
-def cmd_embed(args: argparse.Namespace) -> None:
-    from zoo.embedding import embed_command
-
-    embed_command(args)
-
-
 def _embed_arguments(sp: argparse.ArgumentParser) -> None:
     add_model_options(sp)
     sp.add_argument("images", nargs="*", metavar="IMAGE", help="image files, folders of them, list files (.txt, one "
@@ -400,8 +394,8 @@ CORE_COMMANDS = (
     Command("samplers", cmd_samplers, "list samplers and their options"),
     Command("plugins", cmd_plugins, "list plugins, what they add, and any that failed to load"),
     Command("sample", cmd_sample, "generate images and save them as a grid", _sample_arguments),
-    Command("embed", cmd_embed, "embed images (and texts) with any encoder: one file, or shards at scale",
-            _embed_arguments),
+    Command("embed", zoo.registry.lazy("zoo.embedding:embed_command"),
+            "embed images (and texts) with any encoder: one file, or shards at scale", _embed_arguments),
     Command("train", cmd_train, "retrain a model zoo trains itself (e.g. ddpm-digits)", _train_arguments),
     Command("bench", zoo.registry.lazy("zoo.bench:run"), "time a model (and its reference library) on this device",
             zoo.registry.lazy("zoo.bench:arguments")),

@@ -403,8 +403,8 @@ class DiffusionPipeline(Pipeline):
                 if None.
             generator: seeds the starting noise and every stochastic step's noise, per sample: one draw from it
                 is the run seed ``s = zoo.noise.run_seed(generator)``, and sample i's noise is :mod:`zoo.noise`'s
-                draws for (s, i), the same at any batch size and what ``zoo.distributed.sample_to_dir(seed=s)``
-                gives sample i.
+                draws for (s, i), the same at any batch size; with ``torch.Generator().manual_seed(S)`` it is what
+                ``zoo.distributed.sample_to_dir(seed=S)`` gives sample i.
             schedule / spacing / shift: the sigma grid (see :meth:`sigmas`).
             compat: ``"diffusers"`` walks the grid diffusers' scheduler of the same name walks for ``spacing``
                 (its timesteps, starting noise scale and quirks), so that ``sampler=S, spacing=P, steps=N,

@@ -97,6 +97,23 @@ def init_from_env() -> bool:
     return True
 
 
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1, for the rendezvous of a local process group."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun_environment(rank: int, world: int, port: int) -> None:
+    """Set the variables torchrun gives process ``rank`` of a ``world``-process job on this machine (what
+    :func:`init_from_env`, ``torch.distributed.init_process_group`` and ``zoo ... --out`` read): for tests and
+    benchmarks that spawn the processes themselves (``torch.multiprocessing.spawn``)."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` whole or not at all: a temporary name beside it, fsync, then ``os.replace``."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -213,8 +213,9 @@ def invert_renames(table: Renames) -> list[tuple[str, str]]:
             raise ValueError(f"rename rule {pattern!r} -> {repl!r} cannot be inverted (only literal text, escaped "
                              f"characters and capture groups that the replacement all uses)")
         order = list(dict.fromkeys(refs))  # the inverse pattern's groups are the original's in replacement order
-        inverse_pattern = "".join(f"({groups[int(t) - 1]})" if t.isdigit() else re.escape(t)
-                                  for t in re.split(r"\\(\d)", repl))
+        # re.split with a group alternates literal text (even places) and the group numbers it matched (odd)
+        inverse_pattern = "".join(f"({groups[int(t) - 1]})" if i % 2 else re.escape(t)
+                                  for i, t in enumerate(re.split(r"\\(\d)", repl)))
         inverse_repl = re.sub(r"\0(\d+)\0", lambda g: f"\\{order.index(int(g[1])) + 1}", template)
         inverse.append((inverse_pattern, inverse_repl))
     return inverse[::-1]
