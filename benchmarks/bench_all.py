@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: (model, options) per device: the issue's goals (see BENCHMARKS.md).
 CPU_RUNS = [
     ("ddim-cifar", ["--batch", "8", "--steps", "50"]),
+    ("ddim-cifar", ["--batch", "8", "--steps", "50", "--winograd"]),
     ("clip-vit-b32", ["--batch", "32"]),
     ("vit-b16", ["--batch", "32"]),
     ("vit-b16", ["--batch", "32", "--compile"]),
@@ -76,7 +77,7 @@ def _memory(row: dict) -> str:
 
 def table(reports: list[dict]) -> str:
     """The markdown rows: one per library per run, with zoo's speed over each reference's."""
-    lines = ["| model | device | dtype | batch | steps | compile | library | throughput | latency / call | "
+    lines = ["| model | device | dtype | batch | steps | fast path | library | throughput | latency / call | "
              "TFLOP/s (% of peak) | peak memory | zoo / library |",
              "|---|---|---|---:|---:|---|---|---:|---:|---:|---:|---:|"]
     for report in reports:
@@ -85,7 +86,8 @@ def table(reports: list[dict]) -> str:
                          f"| | | | | | | | | |")
             continue
         s = report["settings"]
-        compiled = (s["compile_mode"] or "default") if s["compile"] else "-"
+        compiled = f"compile={s['compile_mode'] or 'default'}" if s["compile"] else "-"
+        compiled = "Winograd convs" if s.get("winograd") else compiled
         steps = s["steps"] if report["interface"] == "pipeline" else "-"
         for row in report["results"]:
             ratio = "1" if row["library"] == "zoo" else f"{report['ratios'][row['library']]:.2f}"

@@ -47,6 +47,20 @@ def test_cli_bench_pipeline_reports_every_figure():
         assert words in text
 
 
+def test_bench_winograd_times_the_converted_model_and_counts_direct_flops(monkeypatch):
+    import zoo.winograd
+    from zoo.winograd import winograd_conv2d
+
+    monkeypatch.setattr(zoo.winograd, "_compiled", winograd_conv2d)  # uncompiled: the same function, faster to test
+    plain = bench.bench("ddpm-digits", device="cpu", batch=2, steps=2, repeats=1, reference=False)
+    fast = bench.bench("ddpm-digits", device="cpu", batch=2, steps=2, repeats=1, reference=False, winograd=True)
+    assert fast["settings"]["winograd"] and not plain["settings"]["winograd"]
+    assert fast["results"][0]["flops"] == plain["results"][0]["flops"]  # counted before the switch: comparable
+    assert "Winograd convolutions" in bench.format_report(fast)
+    done = zoo_cli("bench", "toy-mlp", "--winograd", "--compile")
+    assert done.returncode == 2 and "do not combine" in done.stderr and "Traceback" not in done.stderr
+
+
 def test_cli_bench_encoder_counts_the_flops_of_its_layers():
     done = zoo_cli("bench", "toy-mlp", "--batch", "4", "--repeats", "2", "--json")
     assert done.returncode == 0, done.stderr

@@ -72,7 +72,7 @@ def default_device() -> torch.device:
 
 def create(name: str, *, weights: str | os.PathLike | None = None, pretrained: bool = True,
            device: str | torch.device | None = None, dtype: torch.dtype | str | None = None,
-           compile: bool | str = False, **kwargs: Any) -> Any:
+           compile: bool | str = False, winograd: bool = False, **kwargs: Any) -> Any:
     """Build a registered model with its weights.
 
     Args:
@@ -84,6 +84,8 @@ def create(name: str, *, weights: str | os.PathLike | None = None, pretrained: b
         dtype: ``torch.float32`` (default), ``torch.float16``, ``torch.bfloat16``, or their names.
         compile: True compiles each repeated block in place (regional ``torch.compile``,
             :func:`zoo.fast.compile_regions`); a mode name (``"reduce-overhead"``: CUDA graphs) picks the mode.
+        winograd: True runs the 3x3 convolutions with many channels as Winograd F(4x4, 3x3) on a CPU
+            (:func:`zoo.winograd.winograd`): fewer multiplications, float32 rounding a little larger. Opt-in.
         **kwargs: passed to the family's builder (see ``zoo info NAME``).
 
     Returns:
@@ -110,6 +112,11 @@ def create(name: str, *, weights: str | os.PathLike | None = None, pretrained: b
         raise InvalidInputError(f"device={str(device)!r} was asked for, but this torch build sees no CUDA GPU "
                                 f"(torch {torch.__version__}); use device='cpu', or leave device unset to pick one")
     dtype = _dtype(dtype)
+    if not isinstance(winograd, bool):
+        raise ArgumentTypeError(f"create({name!r}, winograd={winograd!r}): winograd is True or False")
+    if winograd and compile is not False:
+        raise InvalidInputError(f"create({name!r}, winograd=True, compile=...): the two do not combine yet (a "
+                                f"compiled block would trace the Winograd transforms again); pick one")
     if compile is not False:  # a bad mode is refused before any download
         from .fast import compile_option, compile_regions
 
@@ -119,6 +126,13 @@ def create(name: str, *, weights: str | os.PathLike | None = None, pretrained: b
     check_contract(model, entry.interface, what=f"{name!r} (built by plugin {entry.plugin or entry.family!r})")
     if compile is not False:
         compile_regions(model, mode=mode)
+    if winograd:
+        from .winograd import winograd as use_winograd
+
+        if not use_winograd(model):
+            raise InvalidInputError(f"create({name!r}, winograd=True): the model has no convolution Winograd applies "
+                                    f"to (3x3, stride 1, 32 or more channels), so it would change nothing; drop "
+                                    f"winograd=True")
     return model
 
 

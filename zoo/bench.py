@@ -405,12 +405,15 @@ def bench(name: str, *, weights: str | None = None, pretrained: bool = True, dev
           dtype: str | torch.dtype | None = None, batch: int = 8, steps: int | None = None,
           compile: bool | str = False, repeats: int | None = None, warmup: int = 1, reference: bool = True,
           reference_dtype: str | torch.dtype | None = None, size: tuple[int, int] | None = None,
-          text: bool = False, end_to_end: bool = False, min_seconds: float = 10.0) -> dict[str, Any]:
+          text: bool = False, end_to_end: bool = False, winograd: bool = False,
+          min_seconds: float = 10.0) -> dict[str, Any]:
     """Benchmark a registered model (and its reference libraries); returns the report ``zoo bench --json`` prints.
 
     ``repeats=None`` times as many runs as fit in about ``min_seconds`` per library, at least 5 and at most 50.
     ``compile``: True or a ``torch.compile`` mode (``"reduce-overhead"``: CUDA graphs), applied as
     ``zoo.create(compile=)`` does (:func:`zoo.fast.compile_regions`), after FLOPs are counted on the eager model.
+    ``winograd``: zoo's model runs its convolutions as Winograd (``zoo.create(winograd=True)``); its FLOPs are still
+    those of the direct convolutions (counted before the switch), the usual way to report a fast algorithm.
     """
     import zoo
     from zoo.api import _dtype
@@ -420,6 +423,8 @@ def bench(name: str, *, weights: str | None = None, pretrained: bool = True, dev
     if batch < 1 or (steps is not None and steps < 1) or (repeats is not None and repeats < 1) or warmup < 0:
         raise InvalidInputError("--batch, --steps and --repeats must be 1 or more, --warmup 0 or more")
     mode = compile_option(compile) if compile is not False else None  # a bad mode: refused before the model loads
+    if winograd and compile is not False:
+        raise InvalidInputError("--winograd and --compile do not combine yet; pick one")
     entry = zoo.get_entry(name)
     model = zoo.create(name, weights=weights, pretrained=pretrained, device=device, dtype=dtype)
     inputs = BenchInputs(batch=batch, device=model.device, dtype=model.dtype, steps=steps,
@@ -437,6 +442,13 @@ def bench(name: str, *, weights: str | None = None, pretrained: bool = True, dev
         peak, peak_source = device_peak(dev, inputs.dtype)
         flops = {label: count_flops(fn) for label, fn in runs.items()}
         calls = work.calls()
+        if winograd:
+            from .winograd import winograd as use_winograd
+
+            if not use_winograd(model):
+                raise InvalidInputError(f"--winograd: {name} has no convolution Winograd applies to (3x3, stride 1, "
+                                        f"32 or more channels); drop --winograd")
+            work.run()  # its first run compiles the transforms: not the memory a run takes
         memory = {label: run_memory(fn, dev) for label, fn in runs.items()}  # the 2nd run: caches are warm
         for _ in range(warmup + (1 if inputs.compile else 0)):  # compiled code: one more, the first call compiles
             for fn in runs.values():
@@ -466,6 +478,7 @@ def bench(name: str, *, weights: str | None = None, pretrained: bool = True, dev
                      "dtype": dtype_name(inputs.dtype), "reference_dtype": dtype_name(inputs.ref_dtype),
                      "batch": batch, "steps": steps if steps is not None else getattr(model, "default_steps", None),
                      "compile": inputs.compile, "compile_mode": inputs.compile_mode, "end_to_end": end_to_end,
+                     "winograd": winograd,
                      "threads": torch.get_num_threads(), "torch": torch.__version__, "zoo": zoo.__version__,
                      "weights": weights or ("pretrained" if pretrained else "random"), "warmup": warmup,
                      "repeats": repeats,
@@ -493,6 +506,7 @@ def format_report(report: dict[str, Any]) -> str:
     s = report["settings"]
     steps = f", {s['steps']} steps" if report["interface"] == "pipeline" and s["steps"] else ""
     compiled = f"compile={s['compile_mode'] or 'default'}" if s["compile"] else "eager"
+    compiled += ", Winograd convolutions" if s.get("winograd") else ""
     lines = [f"zoo bench {report['model']}: {report['work']}, batch {s['batch']}{steps}, {s['weights']} weights",
              f"device {s['device_name']}, torch {s['torch']}, {s['threads']} threads, {s['dtype']}, {compiled}, "
              f"median of {s['repeats']} runs after {s['warmup']} warm-up",
@@ -553,6 +567,8 @@ def arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text", action="store_true", help="image-text models: time the text side (encode_text)")
     parser.add_argument("--end-to-end", action="store_true",
                         help="include preprocessing raw images (detectors: time detect, boxes included)")
+    parser.add_argument("--winograd", action="store_true",
+                        help="zoo's 3x3 convolutions as Winograd F(4x4, 3x3) (zoo.create(winograd=True))")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -563,5 +579,5 @@ def run(args: argparse.Namespace) -> None:
                    dtype=args.dtype, batch=args.batch, steps=args.steps,
                    compile=args.compile or False, repeats=args.repeats, warmup=args.warmup,
                    reference=not args.no_reference, reference_dtype=args.reference_dtype, size=args.size,
-                   text=args.text, end_to_end=args.end_to_end)
+                   text=args.text, end_to_end=args.end_to_end, winograd=args.winograd)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
