@@ -30,7 +30,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import skimage.data
 import torch
 from PIL import Image
@@ -167,7 +166,7 @@ def main() -> None:
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU, float32")
     if not args.skip_speed:
-        print(f"\n| model | op | batch | zoo (s) | diffusers (s) | ratio |\n|---|---|---|---|---|---|")
+        print("\n| model | op | batch | zoo (s) | diffusers (s) | ratio |\n|---|---|---|---|---|---|")
         for name in ("sd-vae-ft-ema", "vqvae-celebahq"):
             for r in bench_speed(name, args.batch, args.size, args.repeats):
                 print(f"| {r['model']} | {r['op']} | {r['shape']} | {r['zoo_s']:.2f} | {r['diffusers_s']:.2f} | "

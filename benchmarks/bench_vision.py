@@ -61,7 +61,7 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     print(f"batch {args.batch}, {args.device}, {args.dtype}, torch {torch.__version__}, timm {timm.__version__}, "
           f"{torch.get_num_threads()} thread(s), best of {args.repeats}")
-    print(f"| model | zoo img/s | timm img/s | zoo / timm | max abs logit diff | zoo preprocess img/s |")
+    print("| model | zoo img/s | timm img/s | zoo / timm | max abs logit diff | zoo preprocess img/s |")
     print("|---|---:|---:|---:|---:|---:|")
     for name in args.models:
         r = bench(name, args.batch, args.repeats, args.device, dtype)

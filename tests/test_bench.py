@@ -155,6 +155,22 @@ def test_bad_compile_mode_is_refused_before_building():
         zoo.create("toy-mlp", compile="fastest")
 
 
+def test_compiled_regions_are_static_and_outlast_the_default_recompile_limit():
+    """One static graph per batch size (the three identical blocks share theirs): ten batch sizes, past
+    torch.compile's default limit of 8 graphs per function, and none of them falls back to eager."""
+    from torch._dynamo.testing import CompileCounter
+
+    counter = CompileCounter()  # a backend that counts the graphs it is given and runs them as they are
+    model = _Stack().eval()
+    with torch.inference_mode():
+        fast.compile_regions(model, backend=counter)
+        for batch in (*range(1, 11), 1):
+            model(torch.randn(batch, 4))
+    assert counter.frame_count == 10  # batch 1 again: its graph is reused
+    with pytest.raises(InvalidInputError, match="static shapes"):
+        fast.compile_regions(_Stack(), dynamic=True)
+
+
 def test_compiled_regions_match_eager():  # inductor compiles C++ here: about 15 s cold on a busy 2-core machine
     torch.manual_seed(0)
     model = _Stack().eval()

@@ -18,6 +18,7 @@ import skimage.data
 import torch
 import transformers
 from safetensors.torch import load_file, save_file
+from timm.models.swin_transformer import WindowAttention
 
 import zoo
 from zoo.errors import WeightsMismatchError
@@ -175,6 +176,23 @@ def test_swin_timm_format_matches_timm(swin_timm, photos, dtype, tol):
             assert _max_diff(got, want) < tol
     n = x.shape[0]
     assert [tuple(s.shape) for s in stages] == [(n, 96, 56, 56), (n, 192, 28, 28), (n, 384, 14, 14), (n, 768, 7, 7)]
+
+
+def test_swin_attention_is_sdpa_in_eager_and_written_out_under_compile(swin_timm):
+    """Eager: SDPA (faster than timm's default); compiled: timm's written-out path, which the compiler fuses."""
+    clf = zoo.create("swin-t", weights=swin_timm[0], device="cpu")
+    attns = [m for m in clf.modules() if isinstance(m, WindowAttention)]
+    assert attns and all(type(m).__name__ == "SDPAWindowAttention" and m.fused_attn for m in attns)
+    assert torch.compile(lambda m: m.fused_attn, backend="eager", fullgraph=True)(attns[0]) is False
+
+
+def test_swin_compiled_matches_timm(swin_timm, photos):
+    """compile=True (static-shape regions, one per stage) against timm's eager model, float32."""
+    clf, ref, x = _load("swin-t", swin_timm, photos[:1], torch.float32)
+    compiled = zoo.create("swin-t", weights=swin_timm[0], device="cpu", compile=True)
+    with torch.inference_mode():
+        assert _max_diff(compiled(x), ref(x)) < TOL32
+        assert _max_diff(compiled(x), clf(x)) < TOL32
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, TOL32), (torch.float64, TOL64)])

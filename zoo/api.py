@@ -114,9 +114,10 @@ def create(name: str, *, weights: str | os.PathLike | None = None, pretrained: b
     dtype = _dtype(dtype)
     if not isinstance(winograd, bool):
         raise ArgumentTypeError(f"create({name!r}, winograd={winograd!r}): winograd is True or False")
-    if winograd and compile is not False:
-        raise InvalidInputError(f"create({name!r}, winograd=True, compile=...): the two do not combine yet (a "
-                                f"compiled block would trace the Winograd transforms again); pick one")
+    if winograd:
+        from .winograd import refuse_with_compile
+
+        refuse_with_compile(compile, f"create({name!r}, winograd=True, compile={compile!r})")
     if compile is not False:  # a bad mode is refused before any download
         from .fast import compile_option, compile_regions
 
@@ -129,10 +130,7 @@ def create(name: str, *, weights: str | os.PathLike | None = None, pretrained: b
     if winograd:
         from .winograd import winograd as use_winograd
 
-        if not use_winograd(model):
-            raise InvalidInputError(f"create({name!r}, winograd=True): the model has no convolution Winograd applies "
-                                    f"to (3x3, stride 1, 32 or more channels), so it would change nothing; drop "
-                                    f"winograd=True")
+        use_winograd(model, required="winograd=True")
     return model
 
 

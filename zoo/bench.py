@@ -423,8 +423,10 @@ def bench(name: str, *, weights: str | None = None, pretrained: bool = True, dev
     if batch < 1 or (steps is not None and steps < 1) or (repeats is not None and repeats < 1) or warmup < 0:
         raise InvalidInputError("--batch, --steps and --repeats must be 1 or more, --warmup 0 or more")
     mode = compile_option(compile) if compile is not False else None  # a bad mode: refused before the model loads
-    if winograd and compile is not False:
-        raise InvalidInputError("--winograd and --compile do not combine yet; pick one")
+    if winograd:
+        from .winograd import refuse_with_compile
+
+        refuse_with_compile(compile, "--winograd with --compile")
     entry = zoo.get_entry(name)
     model = zoo.create(name, weights=weights, pretrained=pretrained, device=device, dtype=dtype)
     inputs = BenchInputs(batch=batch, device=model.device, dtype=model.dtype, steps=steps,
@@ -445,9 +447,7 @@ def bench(name: str, *, weights: str | None = None, pretrained: bool = True, dev
         if winograd:
             from .winograd import winograd as use_winograd
 
-            if not use_winograd(model):
-                raise InvalidInputError(f"--winograd: {name} has no convolution Winograd applies to (3x3, stride 1, "
-                                        f"32 or more channels); drop --winograd")
+            use_winograd(model, required="--winograd")
             work.run()  # its first run compiles the transforms: not the memory a run takes
         memory = {label: run_memory(fn, dev) for label, fn in runs.items()}  # the 2nd run: caches are warm
         for _ in range(warmup + (1 if inputs.compile else 0)):  # compiled code: one more, the first call compiles

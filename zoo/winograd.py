@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zoo.fast import static_compile
 from zoo.registry.errors import InvalidInputError, UnsupportedError
 
 #: Lavin & Gray's F(4x4, 3x3) at the interpolation points 0, 1, -1, 2, -2 and infinity.
@@ -123,10 +124,8 @@ def winograd_conv2d(x: Tensor, u: Tensor, bias: Tensor | None = None, padding: i
     return transform_output(m, n, h, w, padding, bias)
 
 
-# One graph per layer shape: the transforms' loops are only fast with the sizes known. torch.compile's default
-# recompile limit (8 per function) would send a U-Net's ninth shape back to slow eager code, hence the patch.
+# One graph per layer shape: the transforms' loops are only fast with the sizes known.
 _compiled = None
-_RECOMPILE_LIMIT = 256
 
 
 def compiled_winograd_conv2d(x: Tensor, u: Tensor, bias: Tensor | None = None, padding: int = 1) -> Tensor:
@@ -134,18 +133,17 @@ def compiled_winograd_conv2d(x: Tensor, u: Tensor, bias: Tensor | None = None, p
     :class:`WinogradConv2d` runs. Pass ``x`` channels-last: the fused transforms read it along the channels."""
     global _compiled
     if _compiled is None:
-        _compiled = torch.compile(winograd_conv2d, dynamic=False)
-    with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
-        try:
-            return _compiled(x, u, bias, padding)
-        except Exception as e:  # noqa: BLE001 - the compiler's own errors carry no fix; say what to do
-            if "BackendCompilerFailed" not in type(e).__name__ and "InductorError" not in type(e).__name__:
-                raise
-            raise UnsupportedError(
-                f"Winograd convolution needs torch.compile to build its transforms, and it failed here "
-                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); torch's CPU compiler needs a "
-                f"C++ compiler (g++ or clang) on PATH. Install one, or create the model without winograd=True"
-            ) from e
+        _compiled = static_compile(winograd_conv2d)
+    try:
+        return _compiled(x, u, bias, padding)
+    except Exception as e:  # noqa: BLE001 - the compiler's own errors carry no fix; say what to do
+        if "BackendCompilerFailed" not in type(e).__name__ and "InductorError" not in type(e).__name__:
+            raise
+        raise UnsupportedError(
+            f"Winograd convolution needs torch.compile to build its transforms, and it failed here "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); torch's CPU compiler needs a "
+            f"C++ compiler (g++ or clang) on PATH. Install one, or create the model without winograd=True"
+        ) from e
 
 
 class WinogradConv2d(nn.Conv2d):
@@ -180,17 +178,31 @@ def eligible(conv: nn.Module, min_channels: int = MIN_CHANNELS) -> bool:
             and min(conv.in_channels, conv.out_channels) >= min_channels)
 
 
-def winograd(model: nn.Module, min_channels: int = MIN_CHANNELS) -> list[str]:
+def refuse_with_compile(compile: bool | str, option: str) -> None:
+    """Raise when Winograd is asked for together with compilation (``option``: how the caller spells the two, for
+    the message): a compiled block would trace the Winograd transforms again."""
+    if compile is not False:
+        raise InvalidInputError(f"{option}: Winograd convolutions and compilation do not combine yet (a compiled "
+                                f"block would trace the Winograd transforms again); pick one")
+
+
+def winograd(model: nn.Module, min_channels: int = MIN_CHANNELS, *, required: str | None = None) -> list[str]:
     """Run ``model``'s eligible convolutions (:func:`eligible`) as Winograd F(4x4, 3x3), in place; returns their
     names. Parameters and ``state_dict`` are unchanged (each module's class becomes :class:`WinogradConv2d`, a
     subclass of ``nn.Conv2d``), and the model's 4-D weights are stored channels-last, the layout the transforms
     read fast. Outputs agree with the direct convolution to float rounding (see the module's docstring).
+
+    ``required``: the option that asked for Winograd (``"winograd=True"``, ``"--winograd"``); a model with no
+    eligible convolution is then an error naming it, not a silent no-op.
     """
     if not isinstance(model, nn.Module):
         raise InvalidInputError(f"winograd takes an nn.Module, got {type(model).__name__}")
     if not isinstance(min_channels, int) or min_channels < 1:
         raise InvalidInputError(f"winograd(min_channels={min_channels!r}): a positive channel count")
     names = [name for name, module in model.named_modules() if eligible(module, min_channels)]
+    if not names and required is not None:
+        raise InvalidInputError(f"{required}: the model has no convolution Winograd applies to (3x3, stride 1, "
+                                f"{min_channels} or more channels), so it would change nothing; drop {required}")
     for name in names:
         model.get_submodule(name).__class__ = WinogradConv2d
     model.to(memory_format=torch.channels_last)
