@@ -418,7 +418,7 @@ def bench(name: str, *, weights: str | None = None, pretrained: bool = True, dev
     import zoo
     from zoo.api import _dtype
 
-    from .fast import compile_option, compile_regions
+    from .fast import compile_option, compile_regions, freed_memory_retained
 
     if batch < 1 or (steps is not None and steps < 1) or (repeats is not None and repeats < 1) or warmup < 0:
         raise InvalidInputError("--batch, --steps and --repeats must be 1 or more, --warmup 0 or more")
@@ -478,7 +478,7 @@ def bench(name: str, *, weights: str | None = None, pretrained: bool = True, dev
                      "dtype": dtype_name(inputs.dtype), "reference_dtype": dtype_name(inputs.ref_dtype),
                      "batch": batch, "steps": steps if steps is not None else getattr(model, "default_steps", None),
                      "compile": inputs.compile, "compile_mode": inputs.compile_mode, "end_to_end": end_to_end,
-                     "winograd": winograd,
+                     "winograd": winograd, "freed_memory_retained": freed_memory_retained(),
                      "threads": torch.get_num_threads(), "torch": torch.__version__, "zoo": zoo.__version__,
                      "weights": weights or ("pretrained" if pretrained else "random"), "warmup": warmup,
                      "repeats": repeats,
@@ -507,6 +507,7 @@ def format_report(report: dict[str, Any]) -> str:
     steps = f", {s['steps']} steps" if report["interface"] == "pipeline" and s["steps"] else ""
     compiled = f"compile={s['compile_mode'] or 'default'}" if s["compile"] else "eager"
     compiled += ", Winograd convolutions" if s.get("winograd") else ""
+    compiled += ", freed memory retained" if s.get("freed_memory_retained") else ""
     lines = [f"zoo bench {report['model']}: {report['work']}, batch {s['batch']}{steps}, {s['weights']} weights",
              f"device {s['device_name']}, torch {s['torch']}, {s['threads']} threads, {s['dtype']}, {compiled}, "
              f"median of {s['repeats']} runs after {s['warmup']} warm-up",

@@ -509,6 +509,10 @@ def _plain_help(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # this process is the run: keep freed tensors' memory for the next ones (no page faults; see zoo.fast)
+    from zoo.fast import retain_freed_memory
+
+    retain_freed_memory()
     args = build_parser().parse_args(argv)
     try:
         status = args.fn(args)
