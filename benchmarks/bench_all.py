@@ -27,9 +27,12 @@ CPU_RUNS = [
     ("ddim-cifar", ["--batch", "8", "--steps", "50"]),
     ("ddim-cifar", ["--batch", "8", "--steps", "50", "--winograd"]),
     ("clip-vit-b32", ["--batch", "32"]),
+    ("clip-vit-b32", ["--batch", "32", "--onednn"]),
     ("vit-b16", ["--batch", "32"]),
+    ("vit-b16", ["--batch", "32", "--onednn"]),
     ("vit-b16", ["--batch", "32", "--compile"]),
     ("swin-t", ["--batch", "32"]),
+    ("swin-t", ["--batch", "32", "--onednn"]),
     ("swin-t", ["--batch", "32", "--compile"]),
 ]
 GPU_RUNS = [
@@ -88,6 +91,7 @@ def table(reports: list[dict]) -> str:
         s = report["settings"]
         compiled = f"compile={s['compile_mode'] or 'default'}" if s["compile"] else "-"
         compiled = "Winograd convs" if s.get("winograd") else compiled
+        compiled = "oneDNN linear" if s.get("onednn") else compiled
         steps = s["steps"] if report["interface"] == "pipeline" else "-"
         for row in report["results"]:
             ratio = "1" if row["library"] == "zoo" else f"{report['ratios'][row['library']]:.2f}"

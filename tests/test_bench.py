@@ -51,17 +51,20 @@ def test_cli_bench_pipeline_reports_every_figure():
 
 GLIBC = sys.platform.startswith("linux") and hasattr(ctypes.CDLL(None), "gnu_get_libc_version")
 
-#: page faults of allocating and filling 64 MiB just after a block that size was freed, before and after
+#: page faults of allocating and filling 64 MiB just after a block that size was freed, in the steady state (the
+#: second of two rounds: the first after the switch may still grow the heap), before and after
 #: retain_freed_memory, in a process of its own (the setting holds for the whole process)
 REALLOCATION_FAULTS = """
 import resource, torch
 from zoo import fast
 
 def faults_of_reallocating(mib=64):
-    torch.empty(mib * 2**18).fill_(1.0)  # touched, then freed
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    torch.empty(mib * 2**18).fill_(1.0)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    for _ in range(2):
+        torch.empty(mib * 2**18).fill_(1.0)  # touched, then freed
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        torch.empty(mib * 2**18).fill_(1.0)
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    return faults
 
 print(fast.freed_memory_retained(), faults_of_reallocating(), fast.retain_freed_memory(), faults_of_reallocating())
 """

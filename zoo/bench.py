@@ -405,7 +405,7 @@ def bench(name: str, *, weights: str | None = None, pretrained: bool = True, dev
           dtype: str | torch.dtype | None = None, batch: int = 8, steps: int | None = None,
           compile: bool | str = False, repeats: int | None = None, warmup: int = 1, reference: bool = True,
           reference_dtype: str | torch.dtype | None = None, size: tuple[int, int] | None = None,
-          text: bool = False, end_to_end: bool = False, winograd: bool = False,
+          text: bool = False, end_to_end: bool = False, winograd: bool = False, onednn: bool = False,
           min_seconds: float = 10.0) -> dict[str, Any]:
     """Benchmark a registered model (and its reference libraries); returns the report ``zoo bench --json`` prints.
 
@@ -414,6 +414,8 @@ def bench(name: str, *, weights: str | None = None, pretrained: bool = True, dev
     ``zoo.create(compile=)`` does (:func:`zoo.fast.compile_regions`), after FLOPs are counted on the eager model.
     ``winograd``: zoo's model runs its convolutions as Winograd (``zoo.create(winograd=True)``); its FLOPs are still
     those of the direct convolutions (counted before the switch), the usual way to report a fast algorithm.
+    ``onednn``: zoo's ``nn.Linear`` layers run oneDNN's matmul (``zoo.create(onednn=True)``); FLOPs are counted
+    before the switch as well (the flop counter does not know oneDNN's op).
     """
     import zoo
     from zoo.api import _dtype
@@ -427,6 +429,10 @@ def bench(name: str, *, weights: str | None = None, pretrained: bool = True, dev
         from .winograd import refuse_with_compile
 
         refuse_with_compile(compile, "--winograd with --compile")
+    if onednn:
+        from . import onednn as onednn_paths
+
+        onednn_paths.refuse_with_compile(compile, "--onednn with --compile")
     entry = zoo.get_entry(name)
     model = zoo.create(name, weights=weights, pretrained=pretrained, device=device, dtype=dtype)
     inputs = BenchInputs(batch=batch, device=model.device, dtype=model.dtype, steps=steps,
@@ -449,6 +455,9 @@ def bench(name: str, *, weights: str | None = None, pretrained: bool = True, dev
 
             use_winograd(model, required="--winograd")
             work.run()  # its first run compiles the transforms: not the memory a run takes
+        if onednn:
+            onednn_paths.onednn_linear(model, required="--onednn")
+            work.run()  # its first run packs the weights (a second copy the model holds): not a run's memory
         memory = {label: run_memory(fn, dev) for label, fn in runs.items()}  # the 2nd run: caches are warm
         for _ in range(warmup + (1 if inputs.compile else 0)):  # compiled code: one more, the first call compiles
             for fn in runs.values():
@@ -478,7 +487,7 @@ def bench(name: str, *, weights: str | None = None, pretrained: bool = True, dev
                      "dtype": dtype_name(inputs.dtype), "reference_dtype": dtype_name(inputs.ref_dtype),
                      "batch": batch, "steps": steps if steps is not None else getattr(model, "default_steps", None),
                      "compile": inputs.compile, "compile_mode": inputs.compile_mode, "end_to_end": end_to_end,
-                     "winograd": winograd, "freed_memory_retained": freed_memory_retained(),
+                     "winograd": winograd, "onednn": onednn, "freed_memory_retained": freed_memory_retained(),
                      "threads": torch.get_num_threads(), "torch": torch.__version__, "zoo": zoo.__version__,
                      "weights": weights or ("pretrained" if pretrained else "random"), "warmup": warmup,
                      "repeats": repeats,
@@ -507,6 +516,7 @@ def format_report(report: dict[str, Any]) -> str:
     steps = f", {s['steps']} steps" if report["interface"] == "pipeline" and s["steps"] else ""
     compiled = f"compile={s['compile_mode'] or 'default'}" if s["compile"] else "eager"
     compiled += ", Winograd convolutions" if s.get("winograd") else ""
+    compiled += ", oneDNN linear layers" if s.get("onednn") else ""
     compiled += ", freed memory retained" if s.get("freed_memory_retained") else ""
     lines = [f"zoo bench {report['model']}: {report['work']}, batch {s['batch']}{steps}, {s['weights']} weights",
              f"device {s['device_name']}, torch {s['torch']}, {s['threads']} threads, {s['dtype']}, {compiled}, "
@@ -570,6 +580,8 @@ def arguments(parser: argparse.ArgumentParser) -> None:
                         help="include preprocessing raw images (detectors: time detect, boxes included)")
     parser.add_argument("--winograd", action="store_true",
                         help="zoo's 3x3 convolutions as Winograd F(4x4, 3x3) (zoo.create(winograd=True))")
+    parser.add_argument("--onednn", action="store_true",
+                        help="zoo's nn.Linear layers through oneDNN's packed matmul (zoo.create(onednn=True))")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -580,5 +592,6 @@ def run(args: argparse.Namespace) -> None:
                    dtype=args.dtype, batch=args.batch, steps=args.steps,
                    compile=args.compile or False, repeats=args.repeats, warmup=args.warmup,
                    reference=not args.no_reference, reference_dtype=args.reference_dtype, size=args.size,
-                   text=args.text, end_to_end=args.end_to_end, winograd=args.winograd)
+                   text=args.text, end_to_end=args.end_to_end, winograd=args.winograd,
+                   onednn=args.onednn)
     print(json.dumps(report, indent=2) if args.json else format_report(report))

@@ -116,6 +116,25 @@ def compile_option(compile: bool | str) -> str | None:
                             f"({', '.join(COMPILE_MODES)})")
 
 
+def weight_key(weight: torch.Tensor) -> tuple:
+    """What a cache derived from ``weight`` (a transformed or packed copy) stays valid for: the same storage,
+    shape, dtype, device and version (which every in-place change bumps: a ``load_state_dict``, an optimiser step).
+
+    Tensors made under ``torch.inference_mode`` keep no version, so an in-place change to one is not seen: replace
+    such a parameter rather than writing into it.
+    """
+    version = -1 if weight.is_inference() else weight._version
+    return (version, weight.data_ptr(), tuple(weight.shape), weight.dtype, weight.device)
+
+
+def refuse_with_compile(compile: bool | str, option: str, path: str, why: str) -> None:
+    """Raise when an eager fast path (``path``: "Winograd convolutions", "oneDNN linear layers") is asked for
+    together with compilation. ``option``: how the caller spells the two, for the message; ``why``: what a
+    compiled block would do instead."""
+    if compile is not False:
+        raise InvalidInputError(f"{option}: {path} and compilation do not combine yet ({why}); pick one")
+
+
 def channels_last(model: nn.Module) -> nn.Module:
     """Store ``model``'s 4-D weights (convolutions) channels-last, in place; returns the model. Activations
     follow from the first convolution on, so inputs need no change."""

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zoo import fast
 from zoo.fast import static_compile
 from zoo.registry.errors import InvalidInputError, UnsupportedError
 
@@ -163,7 +164,7 @@ class WinogradConv2d(nn.Conv2d):
                 or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or x.dtype != weight.dtype
                 or x.dim() != 4 or (torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad))):
             return super()._conv_forward(x, weight, bias)
-        key = (weight._version, weight.data_ptr(), weight.dtype, weight.device)
+        key = fast.weight_key(weight)
         if self._u_key != key:
             self._u, self._u_key = transform_weight(weight), key
         return compiled_winograd_conv2d(x.contiguous(memory_format=torch.channels_last), self._u, bias, self.padding[0])
@@ -180,10 +181,9 @@ def eligible(conv: nn.Module, min_channels: int = MIN_CHANNELS) -> bool:
 
 def refuse_with_compile(compile: bool | str, option: str) -> None:
     """Raise when Winograd is asked for together with compilation (``option``: how the caller spells the two, for
-    the message): a compiled block would trace the Winograd transforms again."""
-    if compile is not False:
-        raise InvalidInputError(f"{option}: Winograd convolutions and compilation do not combine yet (a compiled "
-                                f"block would trace the Winograd transforms again); pick one")
+    the message)."""
+    fast.refuse_with_compile(compile, option, "Winograd convolutions",
+                             "a compiled block would trace the Winograd transforms again")
 
 
 def winograd(model: nn.Module, min_channels: int = MIN_CHANNELS, *, required: str | None = None) -> list[str]:

@@ -1,0 +1,114 @@
+"""oneDNN linear layers (zoo.onednn): the same layer as nn.Linear to float32 rounding, the state_dict unchanged,
+weight changes followed, the fallbacks, the options and their refusals."""
+from __future__ import annotations
+
+import copy
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+import zoo
+from zoo import onednn
+from zoo.errors import ArgumentTypeError, InvalidInputError
+
+pytestmark = pytest.mark.skipif(not onednn.available(), reason="this torch build has no oneDNN packed linear")
+
+
+def mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(768, 3072), nn.GELU(), nn.Linear(3072, 768, bias=False))
+
+
+def test_float32_bound_and_state_dict_kept():
+    model, x = mlp(), torch.randn(4, 50, 768)
+    with torch.inference_mode():
+        exact = copy.deepcopy(model).double()(x.double())
+        mkl = model(x)
+        keys = {k: v.clone() for k, v in model.state_dict().items()}
+        assert onednn.onednn_linear(model) == ["0", "2"]
+        assert type(model[0]) is onednn.OneDNNLinear and model[0]._packed is None  # packed on first use
+        out = model(x)
+        assert model[0]._packed is not None and model[0]._packed.is_mkldnn
+    assert out.shape == mkl.shape and out.dtype == torch.float32
+    # float32 in both, summed in another order: the project's float32 bound, against float64 as well
+    assert (out.double() - exact).abs().max() < 1e-4 and (out - mkl).abs().max() < 1e-4
+    assert not torch.equal(out, torch.zeros_like(out))
+    state = model.state_dict()
+    assert state.keys() == keys.keys() and all(torch.equal(state[k], keys[k]) for k in keys)
+
+
+def test_weight_changes_copies_and_pickles_are_followed():
+    model, x = mlp(), torch.randn(3, 768)
+    onednn.onednn_linear(model)
+    with torch.no_grad():
+        before = model(x)
+        twin = copy.deepcopy(model)  # the packed weight is not copied: the copy packs its own
+        assert twin[0]._packed is None
+        torch.testing.assert_close(twin(x), before, atol=0, rtol=0)
+        assert pickle.loads(pickle.dumps(model))[0]._packed is None
+        fresh = mlp()
+        fresh[0].weight.mul_(2.0)
+        model.load_state_dict(fresh.state_dict())  # copied in place: the same storage, a new version
+        torch.testing.assert_close(model(x), fresh(x), atol=1e-4, rtol=1e-4)
+        assert not torch.allclose(model(x), before, atol=1e-3)
+        model.to(torch.float64).to(torch.float32)  # new storage: packed again
+        torch.testing.assert_close(model(x), fresh(x), atol=1e-4, rtol=1e-4)
+    with torch.inference_mode():  # inference tensors keep no version: still runs, on the storage's key
+        inference_twin = copy.deepcopy(model)
+        torch.testing.assert_close(inference_twin(x), fresh(x), atol=1e-4, rtol=1e-4)
+
+
+def test_falls_back_to_nn_linear_where_it_does_not_apply():
+    model, x = mlp(), torch.randn(2, 768)
+    reference = copy.deepcopy(model)
+    onednn.onednn_linear(model)
+    with torch.inference_mode():  # float64: nn.Linear's own kernel, bit for bit
+        torch.testing.assert_close(copy.deepcopy(model).double()(x.double()), reference.double()(x.double()),
+                                   atol=0, rtol=0)
+    out = model(x.requires_grad_())  # autograd: nn.Linear's forward, so gradients flow
+    out.sum().backward()
+    assert model[0].weight.grad is not None and x.grad is not None and model[0]._packed is None
+
+
+def test_create_and_bench_options_and_their_refusals():
+    pipe_free = zoo.create("toy-mlp", pretrained=False, device="cpu", onednn=True)
+    assert any(isinstance(m, onednn.OneDNNLinear) for m in pipe_free.modules())
+    with pytest.raises(InvalidInputError, match="do not combine"):
+        zoo.create("toy-mlp", pretrained=False, device="cpu", onednn=True, compile=True)
+    with pytest.raises(ArgumentTypeError, match="onednn is True or False"):
+        zoo.create("toy-mlp", pretrained=False, device="cpu", onednn="yes")
+    with pytest.raises(InvalidInputError, match="no nn.Linear"):
+        onednn.onednn_linear(nn.Sequential(nn.Conv2d(3, 8, 3)), required="onednn=True")
+
+    from zoo import bench
+
+    plain = bench.bench("toy-mlp", device="cpu", batch=4, repeats=1, reference=False)
+    fast = bench.bench("toy-mlp", device="cpu", batch=4, repeats=1, reference=False, onednn=True)
+    assert fast["settings"]["onednn"] and not plain["settings"]["onednn"]
+    assert fast["results"][0]["flops"] == plain["results"][0]["flops"] > 0  # counted before the switch
+    assert "oneDNN linear layers" in bench.format_report(fast)
+
+
+@pytest.mark.parametrize("name,target", [
+    ("swin-t", "zoo.plugins.classifiers.bench:timm_reference"),
+    ("clip-vit-b32", "zoo.plugins.clip.bench:open_clip_reference"),
+])
+def test_families_stay_within_the_float32_bound_of_their_references(name, target):
+    """The family's parity tolerance (1e-4 in float32) holds with oneDNN linear layers, against the reference
+    library on the same weights (which keeps its own nn.Linear)."""
+    from zoo import bench
+    from zoo.registry import lazy
+
+    torch.manual_seed(0)
+    model = zoo.create(name, pretrained=False, device="cpu")
+    inputs = bench.BenchInputs(batch=2, device=torch.device("cpu"), dtype=torch.float32)
+    work = bench.workload(model, inputs)
+    with torch.inference_mode():
+        (reference,) = lazy(target)(model, inputs).values()  # built now, from the unconverted model
+        onednn.onednn_linear(model)
+        theirs, ours = reference(), work.run()
+    # every block's layers ran packed (the heads and text layers an image embedding skips did not run at all)
+    assert sum(m._packed is not None for m in model.modules() if isinstance(m, onednn.OneDNNLinear)) >= 4 * 12
+    torch.testing.assert_close(getattr(theirs, "pooler_output", theirs), ours, atol=1e-4, rtol=1e-4)
