@@ -67,6 +67,8 @@ def test_falls_back_to_nn_linear_where_it_does_not_apply():
     with torch.inference_mode():  # float64: nn.Linear's own kernel, bit for bit
         torch.testing.assert_close(copy.deepcopy(model).double()(x.double()), reference.double()(x.double()),
                                    atol=0, rtol=0)
+    with torch.inference_mode():  # an empty batch
+        assert model(torch.randn(0, 768)).shape == (0, 768)
     out = model(x.requires_grad_())  # autograd: nn.Linear's forward, so gradients flow
     out.sum().backward()
     assert model[0].weight.grad is not None and x.grad is not None and model[0]._packed is None

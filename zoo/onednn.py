@@ -39,9 +39,10 @@ def refuse_with_compile(compile: bool | str, option: str) -> None:
 class OneDNNLinear(nn.Linear):
     """An ``nn.Linear`` (the same parameters and ``state_dict``) whose CPU float32 inference runs oneDNN's matmul.
 
-    Made by :func:`onednn_linear`. The packed weight is cached beside the module, not in it, and packed again when
-    the weight changes (a new load, ``.to()``). On a GPU, with autograd, inside ``torch.compile`` and in dtypes
-    other than float32 the forward is ``nn.Linear``'s.
+    Made by :func:`onednn_linear`. The packed weight is a plain attribute (neither parameter nor buffer, so not in
+    the ``state_dict``), packed on first use and again when the weight changes (a new load, ``.to()``). On a GPU,
+    with autograd, inside ``torch.compile``, for an empty input and in dtypes other than float32 the forward is
+    ``nn.Linear``'s.
 
     Shapes: ``x`` (..., in_features) -> (..., out_features).
     """
@@ -52,8 +53,8 @@ class OneDNNLinear(nn.Linear):
     def forward(self, x: Tensor) -> Tensor:
         weight = self.weight
         if (torch.compiler.is_compiling() or x.device.type != "cpu" or x.dtype != torch.float32
-                or weight.dtype != torch.float32 or (torch.is_grad_enabled() and (weight.requires_grad
-                                                                                   or x.requires_grad))):
+                or weight.dtype != torch.float32 or x.numel() == 0
+                or (torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad))):
             return F.linear(x, weight, self.bias)
         key = fast.weight_key(weight)
         if self._packed_key != key:
@@ -73,13 +74,16 @@ def onednn_linear(model: nn.Module, *, required: str | None = None) -> list[str]
     (:class:`OneDNNLinear`), in place; returns their names. Parameters and ``state_dict`` are unchanged.
 
     ``required``: the option that asked for it (``"onednn=True"``, ``"--onednn"``); a model with no ``nn.Linear``,
-    or a torch build without oneDNN, is then an error naming it, not a silent no-op.
+    or a torch build without oneDNN, is then an error naming it, not a silent no-op. Without ``required`` such a
+    build converts nothing and returns ``[]``.
     """
     if not isinstance(model, nn.Module):
         raise InvalidInputError(f"onednn_linear takes an nn.Module, got {type(model).__name__}")
-    if required is not None and not available():
-        raise InvalidInputError(f"{required}: this torch build ({torch.__version__}) has no oneDNN packed linear "
-                                f"kernel; drop {required}")
+    if not available():
+        if required is not None:
+            raise InvalidInputError(f"{required}: this torch build ({torch.__version__}) has no oneDNN packed "
+                                    f"linear kernel; drop {required}")
+        return []
     names = [name for name, module in model.named_modules() if type(module) is nn.Linear]
     if not names and required is not None:
         raise InvalidInputError(f"{required}: the model has no nn.Linear layer, so it would change nothing; "
