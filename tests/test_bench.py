@@ -3,7 +3,6 @@ reference is timed beside zoo, and that compiled blocks compute what eager ones 
 speed targets live in benchmarks/ (BENCHMARKS.md)."""
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import json
 import os
@@ -19,6 +18,9 @@ import zoo.api
 from zoo import bench, fast
 from zoo.registry import lazy
 from zoo.registry.errors import InvalidInputError
+
+
+GLIBC = fast.glibc() is not None
 
 
 def zoo_cli(*args: str) -> subprocess.CompletedProcess:
@@ -48,8 +50,6 @@ def test_cli_bench_pipeline_reports_every_figure():
                   "1 threads", "float32", "2 steps", "IQR"):
         assert words in text
 
-
-GLIBC = sys.platform.startswith("linux") and hasattr(ctypes.CDLL(None), "gnu_get_libc_version")
 
 #: page faults of allocating and filling 64 MiB just after a block that size was freed, in the steady state (the
 #: second of two rounds: the first after the switch may still grow the heap), before and after

@@ -236,12 +236,11 @@ def _proc_status_kib(field: str) -> int | None:
 def _release_free_heap() -> None:
     """Hand memory that was freed back to the OS (glibc's ``malloc_trim``), so that a run's RSS growth is its own
     and not hidden by a heap an earlier run (another library's) left behind."""
-    try:
-        import ctypes
+    from .fast import glibc
 
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
+    libc = glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 def _reset_rss_peak() -> bool:

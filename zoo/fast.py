@@ -116,6 +116,15 @@ def compile_option(compile: bool | str) -> str | None:
                             f"({', '.join(COMPILE_MODES)})")
 
 
+def eager_cpu_inference(x: torch.Tensor, weight: torch.Tensor, dtypes: tuple[torch.dtype, ...]) -> bool:
+    """Whether an eager CPU fast path (Winograd convolutions, oneDNN linear layers) may replace a layer's own
+    kernel for this call: on a CPU, in inference (no gradient asked of ``x`` or ``weight``), outside a
+    ``torch.compile`` trace (the compiler makes its own graph), with ``x`` and ``weight`` both in one of ``dtypes``."""
+    return (not torch.compiler.is_compiling() and x.device.type == "cpu" and x.dtype in dtypes
+            and x.dtype == weight.dtype
+            and not (torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad)))
+
+
 def weight_key(weight: torch.Tensor) -> tuple:
     """What a cache derived from ``weight`` (a transformed or packed copy) stays valid for: the same storage,
     shape, dtype, device and version (which every in-place change bumps: a ``load_state_dict``, an optimiser step).
@@ -148,6 +157,18 @@ _TRIM_THRESHOLD = 2**31 - 1
 _retained = False
 
 
+def glibc() -> ctypes.CDLL | None:
+    """The C library this process runs on when it is glibc (whose ``mallopt``/``malloc_trim`` zoo calls); None
+    elsewhere (macOS, Windows, musl)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+    except OSError:
+        return None
+    return libc if hasattr(libc, "gnu_get_libc_version") else None
+
+
 def retain_freed_memory() -> bool:
     """Keep memory that tensors free in this process's heap, for the next tensors to reuse as it is; returns
     whether it is on (False where the C library is not glibc: nothing changes there).
@@ -169,13 +190,8 @@ def retain_freed_memory() -> bool:
     global _retained
     if _retained:
         return True
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(None)  # the C library this process runs on
-    except OSError:
-        return False
-    if not hasattr(libc, "gnu_get_libc_version"):  # not glibc (musl's mallopt does nothing)
+    libc = glibc()
+    if libc is None:
         return False
     _retained = bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
     return _retained

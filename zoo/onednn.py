@@ -52,9 +52,7 @@ class OneDNNLinear(nn.Linear):
 
     def forward(self, x: Tensor) -> Tensor:
         weight = self.weight
-        if (torch.compiler.is_compiling() or x.device.type != "cpu" or x.dtype != torch.float32
-                or weight.dtype != torch.float32 or x.numel() == 0
-                or (torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad))):
+        if not fast.eager_cpu_inference(x, weight, (torch.float32,)) or x.numel() == 0:
             return F.linear(x, weight, self.bias)
         key = fast.weight_key(weight)
         if self._packed_key != key:

@@ -33,7 +33,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo import fast
-from zoo.fast import static_compile
 from zoo.registry.errors import InvalidInputError, UnsupportedError
 
 #: Lavin & Gray's F(4x4, 3x3) at the interpolation points 0, 1, -1, 2, -2 and infinity.
@@ -134,7 +133,7 @@ def compiled_winograd_conv2d(x: Tensor, u: Tensor, bias: Tensor | None = None, p
     :class:`WinogradConv2d` runs. Pass ``x`` channels-last: the fused transforms read it along the channels."""
     global _compiled
     if _compiled is None:
-        _compiled = static_compile(winograd_conv2d)
+        _compiled = fast.static_compile(winograd_conv2d)
     try:
         return _compiled(x, u, bias, padding)
     except Exception as e:  # noqa: BLE001 - the compiler's own errors carry no fix; say what to do
@@ -160,9 +159,7 @@ class WinogradConv2d(nn.Conv2d):
     _u_key: tuple | None = None
 
     def _conv_forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        if (torch.compiler.is_compiling()  # inside a user's torch.compile: its own graph, direct convolutions
-                or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or x.dtype != weight.dtype
-                or x.dim() != 4 or (torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad))):
+        if not fast.eager_cpu_inference(x, weight, (torch.float32, torch.float64)) or x.dim() != 4:
             return super()._conv_forward(x, weight, bias)
         key = fast.weight_key(weight)
         if self._u_key != key:
