@@ -86,3 +86,12 @@ def use_registry(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
         reg = build_registry(plugins, entry_points=False)
         monkeypatch.setattr(zoo.api, "get_registry", lambda: reg)
     return install
+
+
+@pytest.fixture
+def eager_winograd(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run WinogradConv2d's transforms uncompiled: the same functions, without a compile per layer shape (10-30 s
+    of C++ each on a cold cache). The compiled path is tests/test_winograd.py's own subject."""
+    import zoo.winograd
+
+    monkeypatch.setattr(zoo.winograd, "_compiled", (zoo.winograd.transform_input, zoo.winograd.transform_output))

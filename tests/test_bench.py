@@ -82,11 +82,7 @@ def test_retained_heap_reuses_freed_tensors_without_page_faults():
     assert int(retained_faults) < 200 and int(retained_faults) <= int(default_faults)
 
 
-def test_bench_winograd_times_the_converted_model_and_counts_direct_flops(monkeypatch):
-    import zoo.winograd
-    from zoo.winograd import winograd_conv2d
-
-    monkeypatch.setattr(zoo.winograd, "_compiled", winograd_conv2d)  # uncompiled: the same function, faster to test
+def test_bench_winograd_times_the_converted_model_and_counts_direct_flops(eager_winograd):
     plain = bench.bench("ddpm-digits", device="cpu", batch=2, steps=2, repeats=1, reference=False)
     fast = bench.bench("ddpm-digits", device="cpu", batch=2, steps=2, repeats=1, reference=False, winograd=True)
     assert fast["settings"]["winograd"] and not plain["settings"]["winograd"]

@@ -1,5 +1,6 @@
 """oneDNN linear layers (zoo.onednn): the same layer as nn.Linear to float32 rounding, the state_dict unchanged,
-weight changes followed, the fallbacks, the options and their refusals."""
+weight changes followed, the fallbacks, the options and their refusals; and the batched matmul Winograd's products
+run on."""
 from __future__ import annotations
 
 import copy
@@ -37,6 +38,23 @@ def test_float32_bound_and_state_dict_kept():
     assert not torch.equal(out, torch.zeros_like(out))
     state = model.state_dict()
     assert state.keys() == keys.keys() and all(torch.equal(state[k], keys[k]) for k in keys)
+
+
+@pytest.mark.skipif(not onednn.available(*onednn.BATCHED_OPS), reason="no oneDNN packed convolution")
+@pytest.mark.parametrize("rows", [1, 7, 128, 300])
+def test_batched_matmul_is_the_batched_product(rows):
+    g = torch.Generator().manual_seed(rows)
+    weight = torch.randn(36, 48, 40, generator=g) / 48 ** 0.5
+    x = torch.randn(rows, 36, 48, generator=g)
+    exact = torch.einsum("rgk,gkn->rgn", x.double(), weight.double())
+    packed = onednn.pack_batched_weight(weight, rows)
+    out = onednn.batched_matmul(x, packed)
+    assert out.shape == (rows, 36, 40) and out.dtype == torch.float32
+    assert (out.double() - exact).abs().max() < 1e-5
+    # leading dimensions are rows however they are split; a pack made for another row count still computes the
+    # product (it is only slower)
+    split = onednn.batched_matmul(x.view(1, rows, 1, 36, 48), onednn.pack_batched_weight(weight, 1))
+    assert split.shape == (1, rows, 1, 36, 40) and (split.view_as(out) - out).abs().max() < 1e-5
 
 
 def test_weight_changes_copies_and_pickles_are_followed():

@@ -2,9 +2,13 @@
 stated bound in float32; a drop-in nn.Conv2d (same state_dict) that falls back to F.conv2d where it does not apply.
 
 Each new layer shape compiles once (10-30 s of C++ on a cold cache), so one test runs the compiled path and the
-others run the same function eagerly (``eager_transforms``): what torch.compile makes of it is that test's subject.
+others run the same functions eagerly (``eager_winograd``, tests/conftest.py): what torch.compile makes of them is
+that test's subject.
 """
 from __future__ import annotations
+
+import copy
+import pickle
 
 import pytest
 import torch
@@ -12,17 +16,12 @@ import torch.nn.functional as F
 from torch import nn
 
 import zoo
-import zoo.winograd
+from zoo import onednn
 from zoo.errors import InvalidInputError
-from zoo.winograd import WinogradConv2d, eligible, transform_weight, winograd, winograd_conv2d
+from zoo.winograd import (MAX_PACKS, WinogradConv2d, eligible, pack_weight, tile_count, transform_weight, winograd,
+                          winograd_conv2d)
 
 F64 = torch.float64
-
-
-@pytest.fixture
-def eager_transforms(monkeypatch):
-    """Run WinogradConv2d's transforms uncompiled: the same function, seconds faster to test."""
-    monkeypatch.setattr(zoo.winograd, "_compiled", winograd_conv2d)
 
 
 def _case(n, c_in, c_out, h, w, dtype, seed=0):
@@ -43,7 +42,7 @@ def test_eager_transforms_are_the_convolution_float64(padding):
     assert (ours - ref).abs().max().item() <= 1e-12
 
 
-def test_compiled_module_float64_and_channels_last_input():
+def test_compiled_module_float64_float32_and_channels_last_input():
     conv = nn.Conv2d(32, 40, 3, padding=1).double()
     x = torch.randn(2, 32, 10, 7, dtype=F64)
     ref = conv(x)
@@ -54,9 +53,39 @@ def test_compiled_module_float64_and_channels_last_input():
         again = conv(x.contiguous(memory_format=torch.channels_last))
     assert (ours - ref).abs().max().item() <= 1e-12
     assert torch.equal(ours, again)
+    assert not conv._packs  # float64's products run through einsum
+    conv.float()  # float32: the products through oneDNN, on a weight packed for this input's tile count
+    with torch.no_grad():
+        single = conv(x.float())
+    assert (single.double() - ref).abs().max().item() <= 1e-4
+    expected = [tile_count(x.shape, 1)] if onednn.available(*onednn.BATCHED_OPS) else []
+    assert list(conv._packs) == expected
 
 
-def test_float32_bound(eager_transforms):
+@pytest.mark.skipif(not onednn.available(*onednn.BATCHED_OPS), reason="no oneDNN packed convolution")
+def test_onednn_products_packed_per_input_size(eager_winograd):
+    x, weight, bias = _case(2, 40, 48, 9, 11, torch.float32, seed=2)
+    u = transform_weight(weight)
+    exact = F.conv2d(x.double(), weight.double(), bias.double(), padding=1)
+    by_einsum = winograd_conv2d(x, u, bias)
+    by_onednn = winograd_conv2d(x, u, bias, packed=pack_weight(u, tile_count(x.shape, 1)))
+    assert (by_onednn.double() - exact).abs().max().item() <= 1e-4
+    assert (by_onednn - by_einsum).abs().max().item() <= 1e-5  # the same products, summed in another order
+
+    conv = nn.Conv2d(40, 48, 3, padding=1)
+    with torch.no_grad():
+        conv.weight.copy_(weight), conv.bias.copy_(bias)
+    winograd(conv)
+    with torch.no_grad():
+        assert torch.equal(conv(x), by_onednn)
+        for n in range(1, MAX_PACKS + 3):  # one pack per input size, the latest MAX_PACKS kept
+            conv(x[:1].expand(n, -1, -1, -1))
+        assert list(conv._packs) == [tile_count((n, 40, 9, 11), 1) for n in range(3, MAX_PACKS + 3)]
+        for twin in (copy.deepcopy(conv), pickle.loads(pickle.dumps(conv))):  # a copy packs its own
+            assert twin._packs is None and torch.equal(twin(x), by_onednn)
+
+
+def test_float32_bound(eager_winograd):
     """In float32 the transforms' constants (up to 8 and 1/24) round more than the direct sum: the bound is stated
     against float64, beside what F.conv2d itself gets there."""
     x, weight, bias = _case(2, 64, 64, 12, 12, torch.float32, seed=1)
@@ -74,7 +103,7 @@ def test_float32_bound(eager_transforms):
     assert err > direct  # the cost is real and stated, not hidden: if this flips, update the docs
 
 
-def test_state_dict_kept_and_weight_changes_followed(eager_transforms):
+def test_state_dict_kept_and_weight_changes_followed(eager_winograd):
     model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1),    # 3 input channels: too few
                           nn.Conv2d(32, 32, 3, padding=1),   # converted
                           nn.Conv2d(32, 32, 3, stride=2),    # strided: not

@@ -23,10 +23,43 @@ from zoo import fast
 from zoo.registry.errors import InvalidInputError
 
 
-def available() -> bool:
-    """Whether this torch build has oneDNN and its packed linear kernel."""
-    return torch.backends.mkldnn.is_available() and all(
-        hasattr(torch.ops.mkldnn, op) for op in ("_linear_pointwise", "_reorder_linear_weight"))
+def available(*ops: str) -> bool:
+    """Whether this torch build has oneDNN and the packed-weight kernels ``ops`` (default: the linear kernel)."""
+    ops = ops or ("_linear_pointwise", "_reorder_linear_weight")
+    return torch.backends.mkldnn.is_available() and all(hasattr(torch.ops.mkldnn, op) for op in ops)
+
+
+#: The kernels :func:`pack_batched_weight` and :func:`batched_matmul` run on.
+BATCHED_OPS = ("_convolution_pointwise", "_reorder_convolution_weight")
+
+
+def pack_batched_weight(weight: Tensor, rows: int) -> Tensor:
+    """``weight`` ``(B, K, N)``: B matrices -> the oneDNN-packed weight :func:`batched_matmul` multiplies inputs of
+    ``rows`` rows by.
+
+    B independent ``(rows, K) @ (K, N)`` products are a grouped 1x1 convolution with B groups, which oneDNN
+    runs as one call on its fast kernels; ``torch.bmm`` goes to MKL (half the speed on the AMD EPYC). oneDNN
+    picks its kernel, and the layout it wants the weight in, by the input's size: a pack made for another row
+    count still computes the right product, but reorders the weight again on every call (on the 2-core CPU,
+    256 -> 256 with 128 rows 1.7 ms against 3.2 with a pack for no size in particular), so pack per row count.
+    """
+    b, k, n = weight.shape
+    kernels = weight.detach().transpose(1, 2).reshape(b * n, k, 1, 1).contiguous()  # group g: (N, K) of matrix g
+    return torch.ops.mkldnn._reorder_convolution_weight(kernels, [0, 0], [1, 1], [1, 1], b, [1, b * k, rows, 1])
+
+
+def batched_matmul(x: Tensor, packed: Tensor) -> Tensor:
+    """``x`` ``(..., B, K)`` -> ``(..., B, N)``: ``out[..., g, :] = x[..., g, :] @ weight[g]`` for the weight
+    :func:`pack_batched_weight` packed, on a CPU in float32. ``x`` must be contiguous.
+
+    The leading dimensions are the rows, flattened into the convolution's one spatial dimension: one image of
+    ``rows x 1`` pixels runs at oneDNN's full speed, where the same rows split over its batch and two spatial
+    dimensions ran 1.5-3x slower on the 2-core CPU.
+    """
+    *lead, b, k = x.shape
+    planes = x.view(1, -1, 1, b * k).permute(0, 3, 1, 2)  # (1, B K, rows, 1) channels-last: the same memory
+    out = torch.ops.mkldnn._convolution_pointwise(planes, packed, None, [0, 0], [1, 1], [1, 1], b, "none", [], "")
+    return out.permute(0, 2, 3, 1).reshape(*lead, b, -1)  # a view: oneDNN answers channels-last
 
 
 def refuse_with_compile(compile: bool | str, option: str) -> None:
