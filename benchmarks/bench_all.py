@@ -31,9 +31,11 @@ CPU_RUNS = [
     ("vit-b16", ["--batch", "32"]),
     ("vit-b16", ["--batch", "32", "--onednn"]),
     ("vit-b16", ["--batch", "32", "--compile"]),
+    ("vit-b16", ["--batch", "32", "--compile", "--onednn"]),
     ("swin-t", ["--batch", "32"]),
     ("swin-t", ["--batch", "32", "--onednn"]),
     ("swin-t", ["--batch", "32", "--compile"]),
+    ("swin-t", ["--batch", "32", "--compile", "--onednn"]),
 ]
 GPU_RUNS = [
     ("ddim-cifar", ["--dtype", "bf16", "--reference-dtype", "fp16", "--batch", "256", "--steps", "50"]),

@@ -29,9 +29,9 @@ def test_float32_bound_and_state_dict_kept():
         mkl = model(x)
         keys = {k: v.clone() for k, v in model.state_dict().items()}
         assert onednn.onednn_linear(model) == ["0", "2"]
-        assert type(model[0]) is onednn.OneDNNLinear and model[0]._packed is None  # packed on first use
+        assert type(model[0]) is onednn.OneDNNLinear and not onednn.has_pack(model[0].weight)  # packed on first use
         out = model(x)
-        assert model[0]._packed is not None and model[0]._packed.is_mkldnn
+        assert onednn.has_pack(model[0].weight) and onednn.packed_linear_weight(model[0].weight).is_mkldnn
     assert out.shape == mkl.shape and out.dtype == torch.float32
     # float32 in both, summed in another order: the project's float32 bound, against float64 as well
     assert (out.double() - exact).abs().max() < 1e-4 and (out - mkl).abs().max() < 1e-4
@@ -62,10 +62,13 @@ def test_weight_changes_copies_and_pickles_are_followed():
     onednn.onednn_linear(model)
     with torch.no_grad():
         before = model(x)
-        twin = copy.deepcopy(model)  # the packed weight is not copied: the copy packs its own
-        assert twin[0]._packed is None
+        twin = copy.deepcopy(model)  # the pack belongs to the weight: the copy's weight packs its own
+        assert onednn.has_pack(model[0].weight) and not onednn.has_pack(twin[0].weight)
         torch.testing.assert_close(twin(x), before, atol=0, rtol=0)
-        assert pickle.loads(pickle.dumps(model))[0]._packed is None
+        assert not onednn.has_pack(pickle.loads(pickle.dumps(model))[0].weight)
+        packs = len(onednn._packs)
+        del twin
+        assert len(onednn._packs) == packs - 2  # a freed weight's pack goes with it
         fresh = mlp()
         fresh[0].weight.mul_(2.0)
         model.load_state_dict(fresh.state_dict())  # copied in place: the same storage, a new version
@@ -89,14 +92,29 @@ def test_falls_back_to_nn_linear_where_it_does_not_apply():
         assert model(torch.randn(0, 768)).shape == (0, 768)
     out = model(x.requires_grad_())  # autograd: nn.Linear's forward, so gradients flow
     out.sum().backward()
-    assert model[0].weight.grad is not None and x.grad is not None and model[0]._packed is None
+    assert model[0].weight.grad is not None and x.grad is not None and not onednn.has_pack(model[0].weight)
+
+
+def test_compiled_blocks_call_the_op():
+    """With compile=True the compiled graph calls zoo::onednn_linear (inductor would pick MKL's GEMM): the same
+    numbers as the eager packed layers, and the same packs."""
+    from torch._inductor.utils import run_and_get_code
+
+    model, x = mlp(), torch.randn(4, 50, 768)
+    onednn.onednn_linear(model)
+    with torch.inference_mode():
+        eager = model(x)
+        compiled, (code, *_) = run_and_get_code(torch.compile(model, dynamic=False), x)
+    assert "zoo.onednn_linear" in code and "extern_kernels.addmm" not in code and "mkl" not in code.lower()
+    assert (compiled - eager).abs().max() < 1e-5
+    assert torch.library.opcheck(onednn.linear_op, (x[:2], model[0].weight.detach(), model[0].bias.detach()))
+    pipe = zoo.create("toy-mlp", pretrained=False, device="cpu", onednn=True, compile=True)
+    assert any(isinstance(m, onednn.OneDNNLinear) for m in pipe.modules())
 
 
 def test_create_and_bench_options_and_their_refusals():
     pipe_free = zoo.create("toy-mlp", pretrained=False, device="cpu", onednn=True)
     assert any(isinstance(m, onednn.OneDNNLinear) for m in pipe_free.modules())
-    with pytest.raises(InvalidInputError, match="do not combine"):
-        zoo.create("toy-mlp", pretrained=False, device="cpu", onednn=True, compile=True)
     with pytest.raises(ArgumentTypeError, match="onednn is True or False"):
         zoo.create("toy-mlp", pretrained=False, device="cpu", onednn="yes")
     with pytest.raises(InvalidInputError, match="no nn.Linear"):
@@ -130,5 +148,5 @@ def test_families_stay_within_the_float32_bound_of_their_references(name, target
         onednn.onednn_linear(model)
         theirs, ours = reference(), work.run()
     # every block's layers ran packed (the heads and text layers an image embedding skips did not run at all)
-    assert sum(m._packed is not None for m in model.modules() if isinstance(m, onednn.OneDNNLinear)) >= 4 * 12
+    assert sum(onednn.has_pack(m.weight) for m in model.modules() if isinstance(m, onednn.OneDNNLinear)) >= 4 * 12
     torch.testing.assert_close(getattr(theirs, "pooler_output", theirs), ours, atol=1e-4, rtol=1e-4)

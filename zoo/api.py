@@ -88,7 +88,7 @@ def create(name: str, *, weights: str | os.PathLike | None = None, pretrained: b
             (:func:`zoo.winograd.winograd`): fewer multiplications, float32 rounding a little larger. Opt-in.
         onednn: True runs the ``nn.Linear`` layers through oneDNN's matmul on a packed weight on a CPU
             (:func:`zoo.onednn.onednn_linear`): 1.3-2.4x MKL's GEMM per layer on an AMD EPYC, float32 summed in
-            another order. Opt-in.
+            another order. Opt-in; with ``compile`` the compiled blocks call it as a custom op.
         **kwargs: passed to the family's builder (see ``zoo info NAME``).
 
     Returns:
@@ -123,10 +123,6 @@ def create(name: str, *, weights: str | os.PathLike | None = None, pretrained: b
         refuse_with_compile(compile, f"create({name!r}, winograd=True, compile={compile!r})")
     if not isinstance(onednn, bool):
         raise ArgumentTypeError(f"create({name!r}, onednn={onednn!r}): onednn is True or False")
-    if onednn:
-        from . import onednn as onednn_paths
-
-        onednn_paths.refuse_with_compile(compile, f"create({name!r}, onednn=True, compile={compile!r})")
     if compile is not False:  # a bad mode is refused before any download
         from .fast import compile_option, compile_regions
 
@@ -141,6 +137,8 @@ def create(name: str, *, weights: str | os.PathLike | None = None, pretrained: b
 
         use_winograd(model, required="winograd=True")
     if onednn:
+        from . import onednn as onednn_paths
+
         onednn_paths.onednn_linear(model, required="onednn=True")
     return model
 

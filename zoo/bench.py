@@ -428,10 +428,6 @@ def bench(name: str, *, weights: str | None = None, pretrained: bool = True, dev
         from .winograd import refuse_with_compile
 
         refuse_with_compile(compile, "--winograd with --compile")
-    if onednn:
-        from . import onednn as onednn_paths
-
-        onednn_paths.refuse_with_compile(compile, "--onednn with --compile")
     entry = zoo.get_entry(name)
     model = zoo.create(name, weights=weights, pretrained=pretrained, device=device, dtype=dtype)
     inputs = BenchInputs(batch=batch, device=model.device, dtype=model.dtype, steps=steps,
@@ -455,6 +451,8 @@ def bench(name: str, *, weights: str | None = None, pretrained: bool = True, dev
             use_winograd(model, required="--winograd")
             work.run()  # its first run compiles the transforms: not the memory a run takes
         if onednn:
+            from . import onednn as onednn_paths
+
             onednn_paths.onednn_linear(model, required="--onednn")
             work.run()  # its first run packs the weights (a second copy the model holds): not a run's memory
         memory = {label: run_memory(fn, dev) for label, fn in runs.items()}  # the 2nd run: caches are warm

@@ -116,11 +116,13 @@ def compile_option(compile: bool | str) -> str | None:
                             f"({', '.join(COMPILE_MODES)})")
 
 
-def eager_cpu_inference(x: torch.Tensor, weight: torch.Tensor, dtypes: tuple[torch.dtype, ...]) -> bool:
-    """Whether an eager CPU fast path (Winograd convolutions, oneDNN linear layers) may replace a layer's own
-    kernel for this call: on a CPU, in inference (no gradient asked of ``x`` or ``weight``), outside a
-    ``torch.compile`` trace (the compiler makes its own graph), with ``x`` and ``weight`` both in one of ``dtypes``."""
-    return (not torch.compiler.is_compiling() and x.device.type == "cpu" and x.dtype in dtypes
+def cpu_inference(x: torch.Tensor, weight: torch.Tensor, dtypes: tuple[torch.dtype, ...], *,
+                  traced: bool = False) -> bool:
+    """Whether a CPU fast path (Winograd convolutions, oneDNN linear layers) may replace a layer's own kernel for
+    this call: on a CPU, in inference (no gradient asked of ``x`` or ``weight``), with ``x`` and ``weight`` both in
+    one of ``dtypes``; and outside a ``torch.compile`` trace unless the path can be ``traced`` (a custom op the
+    compiler calls as it is)."""
+    return ((traced or not torch.compiler.is_compiling()) and x.device.type == "cpu" and x.dtype in dtypes
             and x.dtype == weight.dtype
             and not (torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad)))
 
@@ -137,7 +139,7 @@ def weight_key(weight: torch.Tensor) -> tuple:
 
 
 def refuse_with_compile(compile: bool | str, option: str, path: str, why: str) -> None:
-    """Raise when an eager fast path (``path``: "Winograd convolutions", "oneDNN linear layers") is asked for
+    """Raise when an eager-only fast path (``path``: "Winograd convolutions") is asked for
     together with compilation. ``option``: how the caller spells the two, for the message; ``why``: what a
     compiled block would do instead."""
     if compile is not False:

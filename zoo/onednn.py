@@ -12,8 +12,15 @@ gives 1.1e-6..1.6e-6. It is opt-in (``zoo.create(name, onednn=True)``, ``zoo ben
 :func:`onednn_linear` on any module) because the rounding differs from every reference library's, the gain
 depends on the CPU (where MKL already runs at the CPU's peak, as it is tuned to on Intel's, there is little to
 win; not measured here), and the packed copy of each weight is memory the model holds beside its parameters.
+
+With ``compile=True`` as well, the compiled blocks call the same kernel as a custom op
+(``torch.ops.zoo.onednn_linear``), which inductor keeps as it is and fuses the pointwise work around.
+
+It also holds the batched matmul Winograd's 36 products run on (:func:`batched_matmul`).
 """
 from __future__ import annotations
+
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -62,42 +69,68 @@ def batched_matmul(x: Tensor, packed: Tensor) -> Tensor:
     return out.permute(0, 2, 3, 1).reshape(*lead, b, -1)  # a view: oneDNN answers channels-last
 
 
-def refuse_with_compile(compile: bool | str, option: str) -> None:
-    """Raise when oneDNN linear layers are asked for together with compilation (``option``: how the caller spells
-    the two, for the message)."""
-    fast.refuse_with_compile(compile, option, "oneDNN linear layers",
-                             "a compiled block runs the GEMMs inductor picks, so oneDNN would change nothing")
+#: ``id(weight)`` -> (a weak reference to the weight, its :func:`zoo.fast.weight_key`, its pack).
+_packs: dict[int, tuple[weakref.ref, tuple, Tensor]] = {}
+
+
+def packed_linear_weight(weight: Tensor) -> Tensor:
+    """``weight`` ``(out, in)`` in oneDNN's packed layout for :func:`linear`: packed on first use and again when the
+    weight changes (a new load, ``.to()``), dropped when the weight is freed.
+
+    Kept beside the weight rather than on its module so that the eager module and a compiled graph (which passes
+    the same parameter to :func:`linear`) share one pack, and a copy of the module (deepcopy, pickle), whose
+    weight is another tensor, packs its own.
+    """
+    ident, key = id(weight), fast.weight_key(weight)
+    entry = _packs.get(ident)
+    if entry is None or entry[0]() is not weight or entry[1] != key:
+        forget = weakref.ref(weight, lambda _: _packs.pop(ident, None))
+        entry = _packs[ident] = (forget, key, torch.ops.mkldnn._reorder_linear_weight(weight.detach()))
+    return entry[2]
+
+
+def has_pack(weight: Tensor) -> bool:
+    """Whether ``weight`` holds a current pack (:func:`packed_linear_weight`): it ran packed since it last changed."""
+    entry = _packs.get(id(weight))
+    return entry is not None and entry[0]() is weight and entry[1] == fast.weight_key(weight)
+
+
+def packed_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``F.linear(x, weight, bias)`` through oneDNN's matmul on the packed weight (:func:`packed_linear_weight`),
+    float32 on a CPU.
+
+    Shapes: ``x`` (..., in) -> (..., out).
+    """
+    return torch.ops.mkldnn._linear_pointwise(x, packed_linear_weight(weight), bias, "none", [], "")
+
+
+#: :func:`packed_linear` as a custom op, ``torch.ops.zoo.onednn_linear``: ``torch.compile`` calls it as it is
+#: (inductor would otherwise pick MKL's GEMM) and fuses what comes before and after it.
+linear_op = torch.library.custom_op("zoo::onednn_linear", packed_linear, mutates_args=())
+
+
+@linear_op.register_fake
+def _linear_shape(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
 class OneDNNLinear(nn.Linear):
     """An ``nn.Linear`` (the same parameters and ``state_dict``) whose CPU float32 inference runs oneDNN's matmul.
 
-    Made by :func:`onednn_linear`. The packed weight is a plain attribute (neither parameter nor buffer, so not in
-    the ``state_dict``), packed on first use and again when the weight changes (a new load, ``.to()``). On a GPU,
-    with autograd, inside ``torch.compile``, for an empty input and in dtypes other than float32 the forward is
-    ``nn.Linear``'s.
+    Made by :func:`onednn_linear`. Eager, it calls :func:`packed_linear`; inside ``torch.compile``
+    (``zoo.create(name, onednn=True, compile=True)``) the graph calls the op. On a GPU, with autograd, for an empty
+    input and in dtypes other than float32 the forward is ``nn.Linear``'s.
 
     Shapes: ``x`` (..., in_features) -> (..., out_features).
     """
 
-    _packed: Tensor | None = None
-    _packed_key: tuple | None = None
-
     def forward(self, x: Tensor) -> Tensor:
         weight = self.weight
-        if not fast.eager_cpu_inference(x, weight, (torch.float32,)) or x.numel() == 0:
+        if not fast.cpu_inference(x, weight, (torch.float32,), traced=True) or x.numel() == 0:
             return F.linear(x, weight, self.bias)
-        key = fast.weight_key(weight)
-        if self._packed_key != key:
-            self._packed, self._packed_key = torch.ops.mkldnn._reorder_linear_weight(weight.detach()), key
-        return torch.ops.mkldnn._linear_pointwise(x, self._packed, self.bias, "none", [], "")
-
-    def __getstate__(self) -> dict:
-        # the packed weight is oneDNN's opaque layout: a copy (deepcopy, pickle) packs its own on first use
-        state = self.__dict__.copy()
-        state.pop("_packed", None)
-        state.pop("_packed_key", None)
-        return state
+        if torch.compiler.is_compiling():
+            return linear_op(x, weight, self.bias)
+        return packed_linear(x, weight, self.bias)  # eager: the kernel itself, without the dispatcher's round trip
 
 
 def onednn_linear(model: nn.Module, *, required: str | None = None) -> list[str]:

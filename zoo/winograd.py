@@ -199,7 +199,7 @@ class WinogradConv2d(nn.Conv2d):
     _packs: dict[int, Tensor] | None = None  # tile count -> U packed for oneDNN (float32)
 
     def _conv_forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        if not fast.eager_cpu_inference(x, weight, (torch.float32, torch.float64)) or x.dim() != 4:
+        if not fast.cpu_inference(x, weight, (torch.float32, torch.float64)) or x.dim() != 4:
             return super()._conv_forward(x, weight, bias)
         key = fast.weight_key(weight)
         if self._u_key != key:
