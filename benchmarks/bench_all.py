@@ -91,9 +91,10 @@ def table(reports: list[dict]) -> str:
                          f"| | | | | | | | | |")
             continue
         s = report["settings"]
-        compiled = f"compile={s['compile_mode'] or 'default'}" if s["compile"] else "-"
-        compiled = "Winograd convs" if s.get("winograd") else compiled
-        compiled = "oneDNN linear" if s.get("onednn") else compiled
+        paths = [f"compile={s['compile_mode'] or 'default'}"] if s["compile"] else []
+        paths += ["Winograd convs"] if s.get("winograd") else []
+        paths += ["oneDNN linear"] if s.get("onednn") else []
+        compiled = ", ".join(paths) or "-"
         steps = s["steps"] if report["interface"] == "pipeline" else "-"
         for row in report["results"]:
             ratio = "1" if row["library"] == "zoo" else f"{report['ratios'][row['library']]:.2f}"
