@@ -74,11 +74,11 @@ _packs: dict[int, tuple[weakref.ref, tuple, Tensor]] = {}
 
 
 def packed_linear_weight(weight: Tensor) -> Tensor:
-    """``weight`` ``(out, in)`` in oneDNN's packed layout for :func:`linear`: packed on first use and again when the
-    weight changes (a new load, ``.to()``), dropped when the weight is freed.
+    """``weight`` ``(out, in)`` in oneDNN's packed layout for :func:`packed_linear`: packed on first use and again
+    when the weight changes (a new load, ``.to()``), dropped when the weight is freed.
 
     Kept beside the weight rather than on its module so that the eager module and a compiled graph (which passes
-    the same parameter to :func:`linear`) share one pack, and a copy of the module (deepcopy, pickle), whose
+    the same parameter to :data:`linear_op`) share one pack, and a copy of the module (deepcopy, pickle), whose
     weight is another tensor, packs its own.
     """
     ident, key = id(weight), fast.weight_key(weight)
