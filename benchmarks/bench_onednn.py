@@ -14,7 +14,7 @@ import copy
 import torch
 from torch import nn
 
-from zoo.bench import median_iqr, timed
+from zoo.bench import alternating_medians
 from zoo.onednn import onednn_linear
 
 #: (layer, tokens M, in K, out N)
@@ -43,11 +43,9 @@ def main() -> None:
             x = torch.randn(m, k)
             exact = copy.deepcopy(mkl).double()(x.double())
             errors = [(layer(x).double() - exact).abs().max().item() for layer in (mkl, packed)]
-            times: dict[nn.Module, list[float]] = {mkl: [], packed: []}
-            for _ in range(args.repeats):
-                for layer in times:
-                    times[layer].append(timed(lambda: layer(x), cpu))
-            ms = [median_iqr(times[layer])[0] * 1e3 for layer in (mkl, packed)]
+            medians = alternating_medians({layer: (lambda layer=layer: layer(x)) for layer in (mkl, packed)}, cpu,
+                                          args.repeats)
+            ms = [medians[layer] * 1e3 for layer in (mkl, packed)]
             tflops = [2 * m * k * n / (t / 1e3) / 1e12 for t in ms]
             print(f"| {what} | {m} x {k} -> {n} | {ms[0]:.1f} | {ms[1]:.1f} | {ms[0] / ms[1]:.2f} | {tflops[0]:.3f} | "
                   f"{tflops[1]:.3f} | {errors[0]:.1e} | {errors[1]:.1e} |", flush=True)

@@ -16,7 +16,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from zoo.bench import median_iqr, timed
+from zoo.bench import alternating_medians
 
 #: (what, model width D, tokens M = batch x sequence, bias)
 SHAPES = [
@@ -55,11 +55,8 @@ def main() -> None:
                 return F.linear(x, fused_weight, fused_bias).chunk(3, dim=-1)
 
             separate(), fused()  # warm-up: allocator, GEMM kernel choice
-            times = {separate: [], fused: []}
-            for _ in range(args.repeats):
-                for fn in times:
-                    times[fn].append(timed(fn, device))
-            sep_ms, fused_ms = (median_iqr(times[fn])[0] * 1e3 for fn in (separate, fused))
+            medians = alternating_medians({separate: separate, fused: fused}, device, args.repeats)
+            sep_ms, fused_ms = (medians[fn] * 1e3 for fn in (separate, fused))
             print(f"| {what} | {width} | {tokens} | {sep_ms:.2f} | {fused_ms:.2f} | {sep_ms / fused_ms:.2f} |",
                   flush=True)
 

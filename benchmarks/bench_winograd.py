@@ -15,25 +15,12 @@ import torch
 import torch.nn.functional as F
 
 from zoo import fast
-from zoo.bench import median_iqr, timed
+from zoo.bench import alternating_medians
 from zoo.winograd import pack_weight, tile_count, transform_weight, winograd_conv2d
 
 #: (C_in, C_out, H = W): the cifar U-Net's 3x3 convolutions, and its 3-channel conv_in.
 SHAPES = [(128, 128, 32), (256, 128, 32), (384, 128, 32), (128, 256, 16), (256, 256, 16), (512, 256, 16),
           (256, 256, 8), (256, 256, 4), (3, 128, 32)]
-
-
-def alternating_medians(fns: dict, repeats: int) -> dict:
-    """Milliseconds per call of each of ``fns`` (median), timed in turn within each round: the shared VM's noise
-    falls on all of them alike."""
-    cpu = torch.device("cpu")
-    for fn in fns.values():
-        fn()
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            times[name].append(timed(fn, cpu))
-    return {name: median_iqr(t)[0] * 1e3 for name, t in times.items()}
 
 
 def main() -> None:
@@ -61,7 +48,8 @@ def main() -> None:
             exact = F.conv2d(x.double(), weight.double(), bias.double(), padding=1)
             direct_err = (fns["direct"]() - exact).abs().max().item()
             wino_err = (fns["onednn"]() - exact).abs().max().item()
-            ms = alternating_medians(fns, args.repeats)
+            fns["bmm"]()  # the other two ran above
+            ms = {key: t * 1e3 for key, t in alternating_medians(fns, torch.device("cpu"), args.repeats).items()}
             print(f"| {c_in} -> {c_out} | {size}x{size} | {ms['direct']:.2f} | {ms['onednn']:.2f} | "
                   f"{ms['direct'] / ms['onednn']:.2f} | {ms['bmm']:.2f} | {ms['direct'] / ms['bmm']:.2f} | "
                   f"{direct_err:.1e} | {wino_err:.1e} |", flush=True)

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -123,6 +124,14 @@ def test_attention_counts_on_cpu_too():
 def test_median_and_interquartile_range():
     assert bench.median_iqr([1.0, 2.0, 3.0, 4.0, 100.0]) == (3.0, 2.0)
     assert bench.median_iqr([2.5]) == (2.5, 0.0)
+
+
+def test_alternating_medians_time_each_in_turn():
+    order: list[str] = []
+    fns = {"slow": lambda: (order.append("slow"), time.sleep(0.02)), "fast": lambda: order.append("fast")}
+    medians = bench.alternating_medians(fns, torch.device("cpu"), repeats=3)
+    assert order == ["slow", "fast"] * 3
+    assert medians.keys() == {"slow", "fast"} and medians["slow"] >= 0.02 > medians["fast"]
 
 
 def test_peak_table_knows_h100_and_a100():

@@ -43,7 +43,7 @@ import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Hashable, Mapping, Sequence, TypeVar
 
 import torch
 from torch import Tensor
@@ -51,6 +51,8 @@ from torch import Tensor
 from zoo.registry import Autoencoder, Detector, Encoder, Flow, Pipeline, TextEncoder
 from zoo.registry.errors import InvalidInputError, ZooError
 from zoo.registry.lazy import resolve
+
+K = TypeVar("K", bound=Hashable)
 
 # -- what one run is ---------------------------------------------------------------------------------------------
 
@@ -288,6 +290,16 @@ def timed(fn: Callable[[], Any], device: torch.device) -> float:
     fn()
     _sync(device)
     return time.perf_counter() - start
+
+
+def alternating_medians(fns: Mapping[K, Callable[[], Any]], device: torch.device, repeats: int) -> dict[K, float]:
+    """Median seconds per call of each of ``fns``, timed in turn within each of ``repeats`` rounds, so that a shared
+    machine's noise falls on all of them alike (the benchmarks' side-by-side tables). No warm-up: call each first."""
+    times: dict[K, list[float]] = {key: [] for key in fns}
+    for _ in range(repeats):
+        for key, fn in fns.items():
+            times[key].append(timed(fn, device))
+    return {key: median_iqr(t)[0] for key, t in times.items()}
 
 
 def median_iqr(times: Sequence[float]) -> tuple[float, float]:
