@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CPU_RUNS = [
     ("ddim-cifar", ["--batch", "8", "--steps", "50"]),
     ("ddim-cifar", ["--batch", "8", "--steps", "50", "--winograd"]),
+    ("ddim-cifar", ["--batch", "8", "--steps", "50", "--winograd", "--onednn"]),
     ("clip-vit-b32", ["--batch", "32"]),
     ("clip-vit-b32", ["--batch", "32", "--onednn"]),
     ("vit-b16", ["--batch", "32"]),

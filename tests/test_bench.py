@@ -134,6 +134,22 @@ def test_alternating_medians_time_each_in_turn():
     assert medians.keys() == {"slow", "fast"} and medians["slow"] >= 0.02 > medians["fast"]
 
 
+def test_cpu_peak_probes_every_gemm_kernel():
+    """A peak from MKL's GEMM alone put oneDNN-bound rows at 195% of it: the probe takes each kernel torch offers,
+    and each computes x @ weight^T."""
+    from zoo import onednn
+
+    kernels = bench.gemm_kernels(torch.device("cpu"), torch.float32)
+    assert ("oneDNN packed" in kernels) is onednn.available()
+    x, weight = torch.randn(64, 48, dtype=torch.float64), torch.randn(32, 48, dtype=torch.float64)
+    for name, kernel in kernels.items():
+        torch.testing.assert_close(kernel(x.float(), weight.float()).double(), x @ weight.T, atol=1e-4, rtol=0,
+                                   msg=name)
+    assert list(bench.gemm_kernels(torch.device("cpu"), torch.float64)) == ["F.linear"]
+    peak, source = bench.device_peak(torch.device("cpu"), torch.float32)
+    assert peak > 0 and ", ".join(kernels) in source
+
+
 def test_peak_table_knows_h100_and_a100():
     names = {label: peaks for _, label, peaks in bench.GPU_PEAKS}
     assert names["H100 SXM"]["bf16"] == 989 and names["A100"]["bf16"] == 312

@@ -150,3 +150,19 @@ def test_families_stay_within_the_float32_bound_of_their_references(name, target
     # every block's layers ran packed (the heads and text layers an image embedding skips did not run at all)
     assert sum(onednn.has_pack(m.weight) for m in model.modules() if isinstance(m, onednn.OneDNNLinear)) >= 4 * 12
     torch.testing.assert_close(getattr(theirs, "pooler_output", theirs), ours, atol=1e-4, rtol=1e-4)
+
+
+def test_ddpm_attention_runs_its_projections_packed():
+    """The DDPM U-Net's attention multiplies by its q|k|v weights concatenated, which would bypass converted
+    layers: converted, it calls them, and stays at the float32 bound of the float64 attention."""
+    from zoo.plugins.ddpm.unet import Attention
+
+    torch.manual_seed(0)
+    attention = Attention(64, head_dim=32, groups=8, eps=1e-6).eval()
+    x = torch.randn(2, 64, 8, 8)
+    with torch.inference_mode():
+        expected = copy.deepcopy(attention).double()(x.double())
+        onednn.onednn_linear(attention)
+        out = attention(x)
+    assert all(onednn.has_pack(attention.get_submodule(n).weight) for n in ("to_q", "to_k", "to_v", "to_out.0"))
+    torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=0)

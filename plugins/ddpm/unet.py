@@ -272,12 +272,17 @@ class Attention(nn.Module):
         n, c, height, width = x.shape
         h = self.group_norm(x) if self.group_norm is not None else x
         h = h.reshape(n, c, height * width).transpose(1, 2)  # (N, HW, C)
-        # q|k|v in one matmul over weights concatenated per call (the parameters keep diffusers' three names):
-        # one pass over h instead of three, each reading the transposed h through a copy of its own.
-        weight = torch.cat([self.to_q.weight, self.to_k.weight, self.to_v.weight])
-        bias = torch.cat([self.to_q.bias, self.to_k.bias, self.to_v.bias])
-        qkv = F.linear(h, weight, bias).view(n, height * width, 3, self.heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # 3 x (N, heads, HW, d)
+        if type(self.to_q) is nn.Linear:
+            # q|k|v in one matmul over weights concatenated per call (the parameters keep diffusers' three names):
+            # one pass over h instead of three, each reading the transposed h through a copy of its own.
+            weight = torch.cat([self.to_q.weight, self.to_k.weight, self.to_v.weight])
+            bias = torch.cat([self.to_q.bias, self.to_k.bias, self.to_v.bias])
+            qkv = F.linear(h, weight, bias).view(n, height * width, 3, self.heads, self.head_dim)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4)  # 3 x (N, heads, HW, d)
+        else:  # the layers run a kernel of their own (zoo.onednn.onednn_linear, on weights it packed): call them
+            h = h.contiguous()
+            q, k, v = (proj(h).view(n, height * width, self.heads, self.head_dim).transpose(1, 2)
+                       for proj in (self.to_q, self.to_k, self.to_v))
         # softmax(q k^T / sqrt(head_dim)) v in one fused kernel (flash / memory-efficient on GPUs), which never
         # stores the (HW, HW) scores and keeps its softmax in float32 for half inputs, where 256-1024 pixels' logits
         # would overflow.
