@@ -19,7 +19,7 @@ computed once per weight, in float64.
 
 Measured (``benchmarks/bench_winograd.py``, 2-core AMD EPYC, float32, batch 8): 1.2-1.8x ``F.conv2d`` (oneDNN's
 direct kernels) from 128 channels at 32x32 and 256 at 16x16, about even at 8x8 and 4x4, where the tiles are few;
-ddim-cifar's 50-step DDIM sampling 1.35-1.41x diffusers' ``DDIMPipeline`` (BENCHMARKS.md).
+ddim-cifar's 50-step DDIM sampling 1.35-1.49x diffusers' ``DDIMPipeline`` (BENCHMARKS.md).
 
 Numerics: this is the same convolution in exact arithmetic (float64 agrees with ``F.conv2d`` to ~1e-13), but in
 float32 it rounds more than the direct form, because the transforms' constants reach 8 and 1/24 (tests/
