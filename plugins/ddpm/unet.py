@@ -274,7 +274,8 @@ class Attention(nn.Module):
         h = h.reshape(n, c, height * width).transpose(1, 2)  # (N, HW, C)
         if type(self.to_q) is nn.Linear:
             # q|k|v in one matmul over weights concatenated per call (the parameters keep diffusers' three names):
-            # one pass over h instead of three, each reading the transposed h through a copy of its own.
+            # one pass over h instead of three, each reading the transposed h through a copy of its own. (Three
+            # calls on a contiguous h measured 1-4% slower per attention call, so the fused form stays.)
             weight = torch.cat([self.to_q.weight, self.to_k.weight, self.to_v.weight])
             bias = torch.cat([self.to_q.bias, self.to_k.bias, self.to_v.bias])
             qkv = F.linear(h, weight, bias).view(n, height * width, 3, self.heads, self.head_dim)
